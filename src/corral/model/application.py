@@ -1,0 +1,196 @@
+"""The application spec as frozen records: what the user asked for, after validation.
+
+These records are the single definition of the spec format: `spec/` parses YAML into them
+(pydantic validates stdlib dataclasses, so there is no second, parallel schema), the server
+stores them, and the agent runs instances from them. Defaults follow Nomad where DESIGN.md is
+silent. Every record forbids unknown fields so a typo is an error, never a silent default.
+
+Neighbours: `spec/` (loading and error messages), `model/instance.py` (what is placed),
+`scheduler/` (reads `resources`, `ports`, `placement`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, ConfigDict, Field
+
+from corral.model.units import Cpu, Duration, Size
+
+__all__ = [
+    "NAME_PATTERN", "ApplicationSpec", "HealthSpec", "IsolationSpec", "JobSpec",
+    "PlacementSpec", "PortSpec", "Resources", "RestartSpec", "ServiceSpec", "TemplateSpec",
+    "UpdateSpec", "service_hash",
+]
+
+_FORBID = ConfigDict(extra="forbid")
+
+# DNS-label-like names: they become parts of ids, env var names, cgroup and file names.
+NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
+PORT_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,30}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+def _env_value(value: Any) -> Any:
+    # YAML turns `PORT: 80` or `DEBUG: true` into numbers and bools; env values are strings.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+EnvValue = Annotated[str, BeforeValidator(_env_value)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resources:
+    """What one instance may use; the kernel enforces it through cgroups."""
+
+    __pydantic_config__ = _FORBID
+    cpu: Annotated[Cpu, Field(ge=0.001, le=1024)] = 0.1
+    memory: Annotated[Size, Field(ge=4 * 1024 * 1024)] = 128 * 1024 * 1024
+    pids: Annotated[int, Field(ge=8, le=1_000_000)] = 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PortSpec:
+    """A named port; dynamic (from the node's range) unless `static` pins one."""
+
+    __pydantic_config__ = _FORBID
+    name: Annotated[str, Field(pattern=PORT_NAME_PATTERN)]
+    static: Annotated[int, Field(ge=1, le=65535)] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthSpec:
+    """One check: exactly one of `http`, `tcp`, `command`."""
+
+    __pydantic_config__ = _FORBID
+    http: str | None = None
+    tcp: str | None = None
+    command: tuple[str, ...] | None = None
+    port: str | None = None
+    interval: Duration = 10.0
+    timeout: Duration = 2.0
+    grace: Duration = 5.0
+    failures: Annotated[int, Field(ge=1, le=100)] = 3
+    on_unhealthy: Literal["restart", "ignore"] = "restart"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestartSpec:
+    """What the agent does when an instance's process ends."""
+
+    __pydantic_config__ = _FORBID
+    policy: Literal["always", "on-failure", "never"] = "always"
+    backoff: Duration = 1.0
+    max_backoff: Duration = 30.0
+    # Restarts within `window` after which the instance is left `failed` (Nomad's attempts
+    # and interval). The agent keeps counting restarts either way.
+    attempts: Annotated[int, Field(ge=0)] = 10
+    window: Duration = 300.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateSpec:
+    __pydantic_config__ = _FORBID
+    max_parallel: Annotated[int, Field(ge=1)] = 1
+    max_surge: Annotated[int, Field(ge=0)] = 1
+    min_healthy_time: Duration = 2.0
+    healthy_deadline: Duration = 60.0
+    progress_deadline: Duration = 600.0
+    auto_revert: bool = False
+    canary: Annotated[int, Field(ge=0)] = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlacementSpec:
+    __pydantic_config__ = _FORBID
+    constraints: tuple[str, ...] = ()
+    distinct_hosts: bool = False
+    spread: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IsolationSpec:
+    __pydantic_config__ = _FORBID
+    driver: Literal["sandbox", "oci", "process"] | None = None
+    network: Literal["host", "isolated"] = "host"
+    rootfs: str | None = None
+    user: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TemplateSpec:
+    __pydantic_config__ = _FORBID
+    destination: str
+    source: str
+    on_change: str = "restart"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceSpec:
+    """A long-running part of an application: `instances` copies kept running."""
+
+    __pydantic_config__ = _FORBID
+    command: Annotated[tuple[str, ...], Field(min_length=1)]
+    instances: Annotated[int, Field(ge=0, le=100_000)] = 1
+    artifact: str | None = None
+    env: dict[str, EnvValue] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
+    ports: tuple[PortSpec, ...] = ()
+    health: HealthSpec | None = None
+    restart: RestartSpec = field(default_factory=RestartSpec)
+    update: UpdateSpec = field(default_factory=UpdateSpec)
+    placement: PlacementSpec = field(default_factory=PlacementSpec)
+    isolation: IsolationSpec = field(default_factory=IsolationSpec)
+    depends_on: tuple[str, ...] = ()
+    templates: tuple[TemplateSpec, ...] = ()
+    stop_signal: str = "SIGTERM"
+    stop_timeout: Duration = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobSpec:
+    """Runs to completion; optionally on a schedule or after other jobs (Chronos)."""
+
+    __pydantic_config__ = _FORBID
+    command: Annotated[tuple[str, ...], Field(min_length=1)]
+    artifact: str | None = None
+    env: dict[str, EnvValue] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
+    isolation: IsolationSpec = field(default_factory=IsolationSpec)
+    schedule: str | None = None
+    time_zone: str = "UTC"
+    after: tuple[str, ...] = ()
+    retries: Annotated[int, Field(ge=0, le=100)] = 0
+    backoff: Duration = 1.0
+    timeout: Duration | None = None
+    parallelism: Annotated[int, Field(ge=1)] = 1
+    completions: Annotated[int, Field(ge=1)] = 1
+    concurrency: Literal["allow", "forbid", "replace"] = "forbid"
+    starting_deadline: Duration | None = None
+    suspend: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApplicationSpec:
+    """One spec file: a name, a namespace, services and jobs."""
+
+    __pydantic_config__ = _FORBID
+    name: Name
+    namespace: Name = "default"
+    services: dict[Name, ServiceSpec] = field(default_factory=dict)
+    jobs: dict[Name, JobSpec] = field(default_factory=dict)
+
+
+def service_hash(spec: ServiceSpec) -> str:
+    """A stable digest of what an instance runs. `instances` is left out: scaling a service
+    must not replace its running instances."""
+    from corral.model.codec import dump_json  # local: codec is generic over all records
+
+    return hashlib.sha256(dump_json(dataclasses.replace(spec, instances=0))).hexdigest()[:16]
