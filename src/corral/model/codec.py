@@ -6,7 +6,6 @@ One `TypeAdapter` per record type, cached: building one costs far more than usin
 
 from __future__ import annotations
 
-import functools
 import json
 from typing import Any, TypeVar
 
@@ -17,9 +16,14 @@ __all__ = ["dump_json", "from_data", "load_json", "to_data"]
 T = TypeVar("T")
 
 
-@functools.cache
+_ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
+
+
 def _adapter(cls: Any) -> TypeAdapter[Any]:
-    return TypeAdapter(cls)
+    adapter = _ADAPTERS.get(cls)
+    if adapter is None:
+        adapter = _ADAPTERS[cls] = TypeAdapter(cls)
+    return adapter
 
 
 def to_data(obj: Any) -> Any:
