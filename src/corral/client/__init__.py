@@ -1,0 +1,6 @@
+"""Typed HTTP client for the Corral API."""
+
+from corral.client.config import ClientConfig, load_config, write_config
+from corral.client.http import ApiError, Client, Unreachable
+
+__all__ = ["ApiError", "Client", "ClientConfig", "Unreachable", "load_config", "write_config"]

@@ -8,7 +8,9 @@ them into field errors with a path.
 
 from __future__ import annotations
 
+import math
 import re
+from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator
@@ -38,7 +40,8 @@ def parse_size(value: Any) -> int:
     if isinstance(value, str):
         m = _SIZE_RE.match(value)
         if m and m.group(2).lower() in _SIZE_UNITS:
-            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+            # Decimal, not float: a byte count above 2**53 must not come back rounded.
+            return int(Decimal(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
         if value.strip().startswith("-"):
             raise ValueError(f"a size cannot be negative, got {value!r}")
     raise ValueError(f"expected a size such as 128MiB or 1GiB, got {value!r}")
@@ -49,6 +52,9 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 500ms, 2s or 5m")
     if isinstance(value, int | float):
+        # YAML's .nan and .inf are floats; no timer can wait for either.
+        if not math.isfinite(value):
+            raise ValueError(f"expected a duration such as 500ms, 2s or 5m, got {value!r}")
         if value < 0:
             raise ValueError("a duration cannot be negative")
         return float(value)
@@ -62,7 +68,7 @@ def parse_duration(value: Any) -> float:
                 break
             total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
             pos = m.end()
-        if text and pos == len(text):
+        if text and pos == len(text) and math.isfinite(total):
             return total
     raise ValueError(f"expected a duration such as 500ms, 2s or 5m, got {value!r}")
 
@@ -100,9 +106,12 @@ def format_duration(seconds: float) -> str:
         return f"{seconds * 1000:.0f}ms"
     if seconds < 120:
         return f"{seconds:.0f}s" if seconds == int(seconds) else f"{seconds:.1f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.0f}h"
+    # Whole seconds from here, in compound form: rounding 150s to "2m" or 9000s to "2h"
+    # misreported a timeout by a fifth or more.
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if n]
+    return "".join(parts)
 
 
 Size = Annotated[int, BeforeValidator(parse_size)]

@@ -13,14 +13,14 @@ Neighbours: only `server/` uses a store (agents and the CLI go through the API).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 __all__ = [
     "CompactedError", "Compare", "CompareTarget", "Delete", "EventType", "KeyValue", "Op", "Put",
-    "Store", "StoreError", "TxnResult", "WatchEvent", "prefix_end",
+    "Store", "StoreError", "TxnResult", "WatchEvent", "compare_holds", "prefix_end",
 ]
 
 
@@ -131,7 +131,8 @@ class Store(Protocol):
         advance the revision."""
         ...
 
-    def watch(self, prefix: str, *, start_revision: int = 0) -> AsyncIterator[WatchEvent]:
+    def watch(self, prefix: str, *,
+              start_revision: int = 0) -> AsyncGenerator[WatchEvent, None]:
         """Changes to keys under `prefix` with revision >= `start_revision` (0: only future
         changes), in revision order, then live ones, forever. Raises `CompactedError` (on the
         first iteration) if `start_revision` is no longer in history. Closing the iterator
@@ -147,7 +148,9 @@ class Store(Protocol):
         ...
 
     async def lease_keepalive(self, lease_id: int, *, now: float) -> bool:
-        """Push the expiry to `now + ttl`; False if the lease does not exist (expired)."""
+        """Push the expiry to `now + ttl`; False if the lease does not exist (expired).
+        A lease whose expiry is <= `now` counts as expired even before `expire_leases` has
+        removed it, so a late keepalive never revives it (re-grant it instead)."""
         ...
 
     async def lease_revoke(self, lease_id: int) -> int:
@@ -159,6 +162,29 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+_ORDER = {
+    "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
+    "<": lambda a, b: a < b, ">": lambda a, b: a > b,
+}
+
+
+def compare_holds(compare: Compare, kv: KeyValue | None) -> bool:
+    """Whether `compare` holds for `kv` (None: the key is missing). Shared by the backends
+    that evaluate compares themselves, so they cannot disagree on the missing-key rule.
+    Raises ValueError for an unknown operator or a value of the wrong type."""
+    order = _ORDER.get(compare.op)
+    if order is None:
+        raise ValueError(f"compare on {compare.key!r}: unknown operator {compare.op!r}")
+    if compare.target is CompareTarget.VALUE:
+        if not isinstance(compare.value, bytes):
+            raise ValueError(f"compare on {compare.key!r}: value needs bytes")
+        return bool(order(kv.value if kv else b"", compare.value))
+    if not isinstance(compare.value, int) or isinstance(compare.value, bool):
+        raise ValueError(f"compare on {compare.key!r}: {compare.target} needs an int")
+    actual = getattr(kv, compare.target.value) if kv else 0
+    return bool(order(actual, compare.value))
 
 
 def prefix_end(prefix: str) -> str:

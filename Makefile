@@ -1,0 +1,50 @@
+# `make demo`: install everything, start a single-machine cluster, apply examples/hello.
+# `make test`: install everything, run linters and the whole test suite.
+# Both are idempotent: installs happen once (stamp files), re-running is cheap.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := bubblewrap runc redis-server iproute2 procps curl python3
+PYTEST_ARGS ?=
+
+.PHONY: deps demo test lint unit down clean
+
+.stamp-apt:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:" $$missing; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  fi; \
+	else \
+	  echo "not root: skipping Debian packages ($(APT_PACKAGES)); tests that need them will say so"; \
+	fi
+	@touch $@
+
+.stamp-venv: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+deps: .stamp-apt .stamp-venv
+
+demo: deps
+	@bash scripts/demo.sh
+
+down:
+	@$(VENV)/bin/corral down --data-dir $${CORRAL_DEMO_DIR:-$$HOME/.local/share/corral-demo}
+
+lint: deps
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy src
+
+test: deps lint
+	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
+
+unit: deps
+	$(VENV)/bin/pytest -ra -m "not e2e" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .stamp-apt .stamp-venv .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,215 @@
+"""The node agent: registers its node, keeps its lease alive, long-polls the server for the
+instances assigned to it, and reconciles them locally by running one `Runner` each.
+
+It talks only to the server API, never to the store. Reconciliation is level-triggered:
+each answer of the long poll is the full list of what should exist on this node, so a
+missed change is corrected by the next answer.
+
+```
+ start -> clean stale cgroups -> register -> [watch assignments -> reconcile runners]*
+                                    ^  heartbeat 404 (lease expired) |
+                                    +--------------------------------+
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from corral.agent.artifacts import ArtifactCache
+from corral.agent.drivers.base import Driver
+from corral.agent.reporter import StatusReporter
+from corral.agent.runner import InstanceDirs, Runner
+from corral.client.http import ApiError, Client, Unreachable
+from corral.clock import Clock
+from corral.model.application import ApplicationSpec, ServiceSpec
+from corral.model.codec import from_data
+from corral.model.instance import DesiredState, Instance, InstanceState
+from corral.model.node import DEFAULT_PORT_RANGE
+
+__all__ = ["Agent", "AgentConfig"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentConfig:
+    name: str
+    address: str
+    data_dir: Path
+    cpu: float
+    memory: int
+    labels: dict[str, str] = field(default_factory=dict)
+    port_range: tuple[int, int] = DEFAULT_PORT_RANGE
+    reserved_ports: tuple[int, ...] = ()
+    attributes: dict[str, str] = field(default_factory=dict)
+    agent_url: str = ""
+    artifact_max_bytes: int = 512 * 1024 * 1024
+    poll_wait: float = 30.0
+
+
+class Agent:
+    def __init__(self, *, config: AgentConfig, client: Client, drivers: dict[str, Driver],
+                 default_driver: str, driver_status: dict[str, str], clock: Clock) -> None:
+        self.config = config
+        self._client = client
+        self._drivers = drivers
+        self._default_driver = default_driver
+        self._driver_status = driver_status
+        self._clock = clock
+        self.runners: dict[str, Runner] = {}
+        self._finished: set[str] = set()
+        self._specs: dict[tuple[str, str, int], ApplicationSpec] = {}
+        self._lease_id = 0
+        self._registered = asyncio.Event()
+        self.artifacts = ArtifactCache(config.data_dir / "artifacts",
+                                       fetch=self._fetch_artifact)
+
+    async def _fetch_artifact(self, digest: str, dest: Path) -> None:
+        await self._client.download_artifact(digest, dest)
+
+    def dirs(self, instance_id: str) -> InstanceDirs:
+        return InstanceDirs(self.config.data_dir / "instances" / instance_id)
+
+    async def register(self) -> None:
+        body: dict[str, Any] = {
+            "name": self.config.name, "address": self.config.address,
+            "agent_url": self.config.agent_url,
+            "capacity": {"cpu": self.config.cpu, "memory": self.config.memory},
+            "labels": self.config.labels, "port_range": list(self.config.port_range),
+            "reserved_ports": list(self.config.reserved_ports),
+            "drivers": self._driver_status, "default_driver": self._default_driver,
+            "attributes": self.config.attributes,
+        }
+        delay = 0.2
+        while True:
+            try:
+                answer = await self._client.register_node(body)
+                self._lease_id = int(answer["lease_id"])
+                self._heartbeat_interval = float(answer["heartbeat_interval"])
+                self._registered.set()
+                log.info("registered node %s", self.config.name)
+                return
+            except (Unreachable, ApiError) as exc:
+                log.warning("cannot register yet: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def heartbeat_loop(self) -> None:
+        while True:
+            await self._registered.wait()
+            await asyncio.sleep(self._heartbeat_interval)
+            try:
+                await self._client.heartbeat(self.config.name, self._lease_id)
+            except ApiError as exc:
+                if exc.status == 404:
+                    self._registered.clear()
+                    await self.register()
+            except Unreachable as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    async def watch_loop(self) -> None:
+        index = 0
+        delay = 0.2
+        while True:
+            await self._registered.wait()
+            try:
+                answer = await self._client.node_instances(self.config.name, index=index,
+                                                           wait=self.config.poll_wait)
+                delay = 0.2
+            except (Unreachable, ApiError) as exc:
+                log.warning("watch failed: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            index = int(answer["index"])
+            instances = [from_data(Instance, i) for i in answer["instances"]]
+            await self.reconcile(instances)
+
+    async def _spec_for(self, inst: Instance) -> ServiceSpec | None:
+        key = (inst.namespace, inst.app, inst.version)
+        spec = self._specs.get(key)
+        if spec is None:
+            answer = await self._client.app_version(inst.app, inst.version, inst.namespace)
+            spec = self._specs[key] = from_data(ApplicationSpec, answer["spec"])
+        return spec.services.get(inst.service)
+
+    async def reconcile(self, instances: list[Instance]) -> None:
+        wanted = {i.id: i for i in instances}
+        for iid in [i for i, r in self.runners.items() if r.done]:
+            self._finished.add(iid)
+            del self.runners[iid]
+        for inst in instances:
+            runner = self.runners.get(inst.id)
+            if inst.desired == DesiredState.STOP:
+                if runner is not None:
+                    runner.request_stop()
+                elif inst.state not in (InstanceState.STOPPED, InstanceState.LOST):
+                    await self._report_once(inst, InstanceState.STOPPED, "stop requested")
+                continue
+            if runner is None and inst.id not in self._finished:
+                await self._start_runner(inst)
+        for iid, runner in self.runners.items():
+            if iid not in wanted:
+                runner.request_stop()
+        self._finished &= set(wanted)
+
+    async def _report_once(self, inst: Instance, state: InstanceState, reason: str) -> None:
+        with contextlib.suppress(ApiError, Unreachable):
+            await self._client.report_status(inst.id, {"node": self.config.name,
+                                                       "state": str(state), "reason": reason,
+                                                       "restarts": inst.restarts})
+
+    async def _start_runner(self, inst: Instance) -> None:
+        reporter = StatusReporter(self._client, self.config.name, inst.id)
+        try:
+            spec = await self._spec_for(inst)
+        except (Unreachable, ApiError) as exc:
+            await reporter.close()
+            log.warning("instance %s: cannot fetch its spec yet: %s", inst.id, exc)
+            return
+        driver_name = inst.driver or self._default_driver
+        driver = self._drivers.get(driver_name)
+        if spec is None or driver is None:
+            reason = (f"service {inst.service} not in version {inst.version}" if spec is None
+                      else f"driver {driver_name} is not available on this node")
+            reporter.report(state=str(InstanceState.FAILED), reason=reason)
+            await reporter.flush()
+            await reporter.close()
+            self._finished.add(inst.id)
+            return
+        runner = Runner(instance=inst, spec=spec, driver=driver, reporter=reporter,
+                        artifacts=self.artifacts, dirs=self.dirs(inst.id), clock=self._clock,
+                        node=self.config.name, host_ip=self.config.address,
+                        artifact_max_bytes=self.config.artifact_max_bytes)
+        self.runners[inst.id] = runner
+        runner.start()
+
+    async def gc_loop(self, interval: float = 300.0) -> None:
+        """Remove task and log dirs of instances the server no longer knows."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                known = {i["id"] for i in await self._client.list_instances(
+                    node=self.config.name, all=True)}
+            except (Unreachable, ApiError):
+                continue
+            root = self.config.data_dir / "instances"
+            for path in root.iterdir() if root.exists() else ():
+                if path.name not in known and path.name not in self.runners:
+                    shutil.rmtree(path, ignore_errors=True)
+
+    async def shutdown(self, *, stop_instances: bool) -> None:
+        """On agent exit: stop every instance only if asked (`corral up` does on Ctrl-C)."""
+        if stop_instances:
+            for runner in self.runners.values():
+                runner.request_stop()
+            tasks = [r.task for r in self.runners.values() if r.task is not None]
+            if tasks:
+                await asyncio.wait(tasks, timeout=30)

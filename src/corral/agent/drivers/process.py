@@ -1,0 +1,377 @@
+"""The `process` driver: the command runs as a plain host process, in cgroups when it can.
+
+With cgroups (root): the driver creates the instance's groups with its limits, then spawns
+`sh -c 'echo $$ >.../cgroup.procs ...; exec "$@"'`, so the command starts already inside the
+groups, without a Python `preexec_fn` (slow, unsafe with threads) and for ~1 ms more than a
+bare spawn (PLATFORM.md). Stop and destroy reach every process through the cgroup
+(`cgroup.kill`, or the freezer), OOM kills are read from the memory controller.
+
+Without cgroups (not root, no cgroup fs): the command runs unlimited, and stop reaches only
+its process group: a child that calls setsid() escapes. `capabilities.notes` says so.
+
+Either way: a new session (no controlling terminal, its own process group), cwd = task dir,
+env = exactly `config.env`, stdin /dev/null, stdout/stderr piped into `agent/logs.py`
+writers. The executable is looked up in `config.env["PATH"]` before spawning, so a missing
+command fails `start` with a clear error in both modes instead of exiting 127.
+
+Neighbours: `drivers/base.py` (the protocol), `agent/cgroups.py`, `agent/logs.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import shutil
+import signal as signals
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from corral.agent.cgroups import Cgroup, CgroupError, CgroupRoot, NoCgroups, detect
+from corral.agent.drivers.base import (
+    Capabilities,
+    DriverError,
+    ExitResult,
+    TaskConfig,
+    TaskHandle,
+    Usage,
+    exit_result,
+    expand_vars,
+)
+from corral.agent.logs import DEFAULT_KEEP, DEFAULT_MAX_BYTES, LogWriter
+
+__all__ = ["ProcessDriver"]
+
+# Exit code of the wrapper when it cannot join the cgroups (Docker uses 125 for "the
+# container runtime failed", as opposed to 126/127 from the command itself).
+JOIN_FAILED = 125
+# How long `wait` lets the log pumps drain after the main process ended. Longer is pointless:
+# if a pipe is still open then, a leftover child holds it, and it is drained until destroy.
+_PUMP_GRACE = 0.5
+_KILL_WAIT = 5.0
+_UNKNOWN_STATUS = "exited (status unknown: not started by this agent process)"
+
+
+@dataclass(slots=True)
+class _Task:
+    handle: TaskHandle
+    process: asyncio.subprocess.Process
+    cgroup: Cgroup | None
+    writers: list[LogWriter]
+    pumps: list[asyncio.Task[None]]
+    exited: asyncio.Task[ExitResult] | None = None
+
+
+class ProcessDriver:
+    """See the module docstring. `cgroups` defaults to what `detect()` finds; pass
+    `NoCgroups(...)` to run without them. `cgroup_parent` is the group all instances of this
+    agent live under."""
+
+    name = "process"
+
+    def __init__(self, *, cgroups: CgroupRoot | NoCgroups | None = None,
+                 cgroup_parent: str = "corral", clock: Callable[[], float] = time.time,
+                 log_max_bytes: int = DEFAULT_MAX_BYTES, log_keep: int = DEFAULT_KEEP,
+                 shell: str = "/bin/sh") -> None:
+        self._cgroups = detect() if cgroups is None else cgroups
+        self._parent = cgroup_parent
+        self._clock = clock
+        self._log_max_bytes = log_max_bytes
+        self._log_keep = log_keep
+        self._shell = shell
+        self._tasks: dict[str, _Task] = {}
+
+    @property
+    def capabilities(self) -> Capabilities:
+        limited = isinstance(self._cgroups, CgroupRoot)
+        notes = "" if not isinstance(self._cgroups, NoCgroups) else (
+            "resource limits are not enforced and stop reaches only the process group "
+            f"(no cgroups: {self._cgroups.reason})")
+        return Capabilities(signals=True, exec=False, fs_isolation=False,
+                            network_isolation=False, oom_detection=limited,
+                            resource_limits=limited, kills_all_processes=limited, notes=notes)
+
+    @property
+    def notes(self) -> str:
+        return self.capabilities.notes
+
+    def available(self) -> str:
+        if isinstance(self._cgroups, CgroupRoot) and not os.access(self._shell, os.X_OK):
+            return f"{self._shell} is needed to join cgroups and is missing"
+        return ""
+
+    async def start(self, config: TaskConfig) -> TaskHandle:
+        if config.instance_id in self._tasks:
+            raise DriverError(f"instance {config.instance_id} is already running")
+        if not config.command:
+            raise DriverError("empty command")
+        args = expand_vars(config.command, config.env)
+        program = _resolve(args[0], config.env, config.task_dir)
+        config.log_dir.mkdir(parents=True, exist_ok=True)
+        cgroup = await self._make_cgroup(config) if isinstance(self._cgroups, CgroupRoot) else None
+        if cgroup is not None:
+            script = _join_script(cgroup.procs_files(), keep_pwd="PWD" in config.env)
+            argv: Sequence[str] = (self._shell, "-c", script, "sh", program, *args[1:])
+        else:
+            argv = (program, *args[1:])
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, cwd=config.task_dir, env=dict(config.env),
+                start_new_session=True)
+        except OSError as exc:
+            if cgroup is not None:
+                await cgroup.remove()
+            raise DriverError(f"cannot start {args[0]!r}: {exc.strerror} "
+                              f"(cwd {config.task_dir})") from exc
+        handle = TaskHandle(
+            driver=self.name, instance_id=config.instance_id, pid=process.pid,
+            started_at=self._clock(),
+            data={"cgroup": cgroup is not None, "cgroup_parent": self._parent,
+                  "pgid": process.pid, "start_ticks": _start_ticks(process.pid),
+                  "memory_limit": config.resources.memory})
+        writers = [LogWriter(config.log_dir, stream, max_bytes=self._log_max_bytes,
+                             keep=self._log_keep, clock=self._clock)
+                   for stream in ("stdout", "stderr")]
+        assert process.stdout is not None and process.stderr is not None
+        pumps = [asyncio.create_task(writers[0].pump(process.stdout)),
+                 asyncio.create_task(writers[1].pump(process.stderr))]
+        task = _Task(handle=handle, process=process, cgroup=cgroup, writers=writers,
+                     pumps=pumps)
+        # Watch from the start, not from the first `wait`: the OOM count must be read before
+        # anyone removes the cgroup.
+        task.exited = asyncio.create_task(self._watch(task))
+        self._tasks[config.instance_id] = task
+        return handle
+
+    async def _make_cgroup(self, config: TaskConfig) -> Cgroup:
+        assert isinstance(self._cgroups, CgroupRoot)
+        try:
+            cgroup = self._cgroups.group(self._parent, config.instance_id)
+            if cgroup.exists():
+                # Left by an earlier run of this instance (a child that outlived it, or an
+                # agent crash). A fresh group also restarts the OOM counter at zero.
+                await _kill_and_remove(cgroup)
+            cgroup.create(config.resources)
+        except CgroupError as exc:
+            raise DriverError(f"cannot set up cgroups for {config.instance_id}: {exc}") from exc
+        return cgroup
+
+    async def _watch(self, task: _Task) -> ExitResult:
+        returncode = await task.process.wait()
+        oom = False
+        # The shell convention 128+9 covers a command that is itself a shell whose child
+        # the OOM killer chose; the kernel counts the kill before the victim is reaped.
+        if task.cgroup is not None and returncode in (-signals.SIGKILL, 128 + signals.SIGKILL):
+            with contextlib.suppress(CgroupError):
+                oom = task.cgroup.oom_killed() > 0
+        await asyncio.wait(task.pumps, timeout=_PUMP_GRACE)
+        limit = task.handle.data.get("memory_limit")
+        return exit_result(returncode, oom_killed=oom,
+                           memory_limit=limit if isinstance(limit, int) else None)
+
+    def _own(self, handle: TaskHandle) -> _Task | None:
+        task = self._tasks.get(handle.instance_id)
+        return task if task is not None and task.handle.pid == handle.pid else None
+
+    def _cgroup_for(self, handle: TaskHandle) -> Cgroup | None:
+        task = self._own(handle)
+        if task is not None:
+            return task.cgroup
+        if not isinstance(self._cgroups, CgroupRoot) or handle.data.get("cgroup") is not True:
+            return None
+        return self._cgroups.group(str(handle.data["cgroup_parent"]), handle.instance_id)
+
+    async def wait(self, handle: TaskHandle) -> ExitResult:
+        task = self._own(handle)
+        if task is not None:
+            assert task.exited is not None
+            return await asyncio.shield(task.exited)
+        # Not our child: no exit status to collect, only the process to watch.
+        while _alive(handle):
+            await asyncio.sleep(0.2)
+        cgroup = self._cgroup_for(handle)
+        oom = False
+        if cgroup is not None:
+            with contextlib.suppress(CgroupError):
+                oom = cgroup.oom_killed() > 0
+        if oom:
+            return exit_result(-signals.SIGKILL, oom_killed=True,
+                               memory_limit=_int(handle.data.get("memory_limit")))
+        return ExitResult(exit_code=None, signal=None, oom_killed=False, reason=_UNKNOWN_STATUS)
+
+    async def signal(self, handle: TaskHandle, sig: int) -> None:
+        if _alive(handle):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(handle.pid, sig)
+
+    async def stop(self, handle: TaskHandle, *, signal: int,
+                   timeout: float) -> ExitResult | None:
+        task = self._own(handle)
+        cgroup = self._cgroup_for(handle)
+        if cgroup is not None:
+            for pid in cgroup.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal)
+            if not await cgroup.wait_empty(timeout):
+                await cgroup.kill()
+                if not await cgroup.wait_empty(_KILL_WAIT):
+                    raise DriverError(f"processes of {handle.instance_id} survived SIGKILL: "
+                                      f"{cgroup.pids()}")
+        else:
+            pgid = _int(handle.data.get("pgid")) or handle.pid
+            if task is not None or _alive(handle):
+                _killpg(pgid, signal)
+            if not await self._group_gone(pgid, task, timeout):
+                _killpg(pgid, signals.SIGKILL)
+                if not await self._group_gone(pgid, task, _KILL_WAIT):
+                    raise DriverError(f"process group {pgid} of {handle.instance_id} "
+                                      "survived SIGKILL")
+        if task is None:
+            return None
+        assert task.exited is not None
+        return await asyncio.shield(task.exited)
+
+    async def _group_gone(self, pgid: int, task: _Task | None, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if task is not None:
+            # The main process stays in its group as a zombie until reaped: wait for that.
+            try:
+                await asyncio.wait_for(asyncio.shield(task.process.wait()), timeout)
+            except TimeoutError:
+                return False
+        while _group_exists(pgid):
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def usage(self, handle: TaskHandle) -> Usage | None:
+        cgroup = self._cgroup_for(handle)
+        if cgroup is not None:
+            try:
+                u = cgroup.usage()
+            except CgroupError:
+                return None
+            return Usage(cpu_seconds=u.cpu_seconds, memory=u.memory, pids=u.pids)
+        if not _alive(handle):
+            return None
+        return _tree_usage(handle.pid)
+
+    async def destroy(self, handle: TaskHandle) -> None:
+        task = self._own(handle)
+        cgroup = self._cgroup_for(handle)
+        try:
+            if cgroup is not None:
+                try:
+                    await _kill_and_remove(cgroup)
+                except CgroupError as exc:
+                    raise DriverError(f"cannot clean up {handle.instance_id}: {exc}") from exc
+            elif task is not None or _alive(handle):
+                _killpg(_int(handle.data.get("pgid")) or handle.pid, signals.SIGKILL)
+        finally:
+            if task is not None:
+                self._tasks.pop(handle.instance_id, None)
+                await _finish(task)
+
+
+def _resolve(command: str, env: Mapping[str, str], cwd: Path) -> str:
+    if "/" in command:
+        path = command if os.path.isabs(command) else str(cwd / command)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+        raise DriverError(f"command {command!r} not found or not executable (cwd {cwd})")
+    found = shutil.which(command, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise DriverError(f"command {command!r} not found in PATH={env.get('PATH', '')}")
+    return found
+
+
+def _join_script(procs_files: Sequence[Path], *, keep_pwd: bool) -> str:
+    joins = " && ".join(f"echo $$ >{shlex.quote(str(f))}" for f in procs_files)
+    fail = f'{{ echo "corral: cannot join the instance\'s cgroups" >&2; exit {JOIN_FAILED}; }}'
+    # dash exports PWD to what it execs; the environment must be exactly config.env.
+    unset = "" if keep_pwd else "unset PWD; "
+    return f'{joins} || {fail}; {unset}exec "$@"'
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot: with the pid, an identity that
+    survives pid reuse (the kernel's own choice for /proc/<pid> identity checks)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # Fields after the command name, which may itself contain spaces and parentheses.
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return None if fields[0] == b"Z" else int(fields[19])
+
+
+def _alive(handle: TaskHandle) -> bool:
+    ticks = _start_ticks(handle.pid)
+    return ticks is not None and ticks == handle.data.get("start_ticks", ticks)
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _tree_usage(pid: int) -> Usage | None:
+    """Usage of a process and its descendants, for the no-cgroup mode (best effort: a
+    daemonised child is not a descendant any more)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return None
+    cpu, memory, count = 0.0, 0, 0
+    for p in procs:
+        try:
+            with p.oneshot():
+                times = p.cpu_times()
+                cpu += times.user + times.system
+                memory += p.memory_info().rss
+                count += 1
+        except psutil.Error:
+            continue
+    return Usage(cpu_seconds=cpu, memory=memory, pids=count)
+
+
+async def _kill_and_remove(cgroup: Cgroup) -> None:
+    await cgroup.kill()
+    if not await cgroup.wait_empty(_KILL_WAIT):
+        raise CgroupError(f"processes left in {cgroup.dirs[0]} after SIGKILL: {cgroup.pids()}")
+    await cgroup.remove()
+
+
+async def _finish(task: _Task) -> None:
+    """Let the pumps write what is left in the pipes, then close the logs."""
+    _, pending = await asyncio.wait(task.pumps, timeout=_PUMP_GRACE)
+    for p in pending:
+        p.cancel()
+    await asyncio.gather(*task.pumps, return_exceptions=True)
+    for w in task.writers:
+        w.close()
+    if task.exited is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task.exited), _KILL_WAIT)

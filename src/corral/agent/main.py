@@ -1,0 +1,73 @@
+"""`corral agent`: wire the agent together and run it until SIGTERM/SIGINT.
+
+Order matters: stale cgroups from an earlier agent are cleaned before anything starts (no
+instance is left running unsupervised), the agent's HTTP endpoint is bound before
+registering (its URL is part of the node record), then the loops run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+from dataclasses import dataclass
+
+from corral.agent.agent import Agent, AgentConfig
+from corral.agent.api import create_agent_app
+from corral.agent.drivers import make_drivers
+from corral.client import Client, ClientConfig
+from corral.clock import SystemClock
+from corral.serving import bind_socket, make_server
+
+__all__ = ["AgentOptions", "serve_agent"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentOptions:
+    config: AgentConfig
+    server: str
+    token: str
+    http_host: str
+    http_port: int
+    cgroup_parent: str
+    stop_instances_on_exit: bool
+
+
+async def serve_agent(opts: AgentOptions) -> None:
+    registry = make_drivers(cgroup_parent=opts.cgroup_parent)
+    await registry.cleanup_stale()
+    sock = bind_socket(opts.http_host, opts.http_port)
+    agent_url = f"http://{opts.config.address}:{sock.getsockname()[1]}"
+    config = dataclasses.replace(opts.config, agent_url=agent_url)
+    client = Client(ClientConfig(addr=opts.server, token=opts.token))
+    agent = Agent(config=config, client=client, drivers=registry.usable,
+                  default_driver=registry.default, driver_status=registry.status,
+                  clock=SystemClock())
+    http = make_server(create_agent_app(token=opts.token,
+                                        log_dir_of=lambda iid: agent.dirs(iid).logs))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    for driver, why in sorted(registry.status.items()):
+        log.info("driver %s: %s", driver, why or "usable", extra={"driver": driver})
+    http_task = asyncio.create_task(http.serve(sockets=[sock]), name="agent-http")
+    await agent.register()
+    tasks = [asyncio.create_task(c, name=n) for n, c in (
+        ("heartbeat", agent.heartbeat_loop()), ("watch", agent.watch_loop()),
+        ("gc", agent.gc_loop()))]
+    await stop.wait()
+    log.info("agent stopping", extra={"stop_instances": opts.stop_instances_on_exit})
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await agent.shutdown(stop_instances=opts.stop_instances_on_exit)
+    http.should_exit = True
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(http_task, 5)
+    await client.close()
+    sock.close()

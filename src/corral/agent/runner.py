@@ -1,0 +1,235 @@
+"""One instance on this node, from fetch to stop: the agent's instance state machine.
+
+```
+ (assigned) -> fetching -> starting -> running --exit--> exited --policy--> starting ...
+                  |            |          |                 |
+                  v            v          |                 +--> failed | exited (final)
+               failed       failed        +--stop--> stopping -> stopped
+```
+Every transition is reported to the server (which records it and emits an event). A stop
+request wins over everything: during a fetch, a backoff or a run. Restart decisions are
+made by the pure `agent/restart.py`.
+
+Neighbours: `agent/agent.py` creates and stops runners; `agent/drivers/` runs processes;
+`agent/artifacts.py` provides the unpacked artifact; `agent/reporter.py` talks to the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from corral.agent.artifacts import ArtifactCache
+from corral.agent.drivers.base import Driver, ExitResult, TaskConfig, TaskHandle
+from corral.agent.reporter import StatusReporter
+from corral.agent.restart import decide_restart
+from corral.clock import Clock
+from corral.model.application import ServiceSpec
+from corral.model.instance import Instance, InstanceState
+
+__all__ = ["InstanceDirs", "Runner", "build_env"]
+
+log = logging.getLogger(__name__)
+
+S = InstanceState
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceDirs:
+    root: Path
+
+    @property
+    def task(self) -> Path:
+        return self.root / "task"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+
+def build_env(inst: Instance, spec: ServiceSpec, *, node: str, host_ip: str,
+              task_dir: Path) -> dict[str, str]:
+    env = {"PATH": DEFAULT_PATH, "HOME": str(task_dir), "LANG": "C.UTF-8"}
+    env.update(spec.env)
+    for i, name in enumerate(inst.port_names):
+        port = inst.ports.get(name)
+        if port is None:
+            continue
+        env[f"PORT_{name.upper()}"] = str(port)
+        if i == 0:
+            env["PORT"] = str(port)
+    env.update({
+        "CORRAL_APP": inst.app, "CORRAL_NAMESPACE": inst.namespace,
+        "CORRAL_SERVICE": inst.service, "CORRAL_INSTANCE": inst.id, "CORRAL_NODE": node,
+        "CORRAL_HOST_IP": host_ip, "CORRAL_TASK_DIR": str(task_dir),
+        "CORRAL_VERSION": str(inst.version),
+    })
+    return env
+
+
+def _signal_number(name: str) -> int:
+    name = name.upper()
+    return int(getattr(signal, name if name.startswith("SIG") else f"SIG{name}"))
+
+
+class Runner:
+    def __init__(self, *, instance: Instance, spec: ServiceSpec, driver: Driver,
+                 reporter: StatusReporter, artifacts: ArtifactCache, dirs: InstanceDirs,
+                 clock: Clock, node: str, host_ip: str, artifact_max_bytes: int) -> None:
+        self.instance = instance
+        self.spec = spec
+        self._driver = driver
+        self._reporter = reporter
+        self._artifacts = artifacts
+        self.dirs = dirs
+        self._clock = clock
+        self._node = node
+        self._host_ip = host_ip
+        self._artifact_max = artifact_max_bytes
+        self._stop = asyncio.Event()
+        self._restarts = instance.restarts
+        self._restart_times: list[float] = []
+        self.handle: TaskHandle | None = None
+        self.state = instance.state
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"instance-{self.instance.id}")
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def done(self) -> bool:
+        return self.task is not None and self.task.done()
+
+    def _report(self, state: InstanceState, reason: str = "", **fields: object) -> None:
+        self.state = state
+        self._reporter.report(state=str(state), reason=reason, restarts=self._restarts,
+                              **fields)
+        log.info("instance %s %s %s", self.instance.id, state, reason,
+                 extra={"instance": self.instance.id, "state": str(state)})
+
+    async def _until_stop(self, coro: asyncio.Future[Any]) -> bool:
+        """Wait for `coro` or a stop request; True if stop came first (coro cancelled)."""
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait({coro, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if coro in done:
+            return False
+        coro.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await coro
+        return True
+
+    async def _run(self) -> None:
+        try:
+            await self._lifecycle()
+        except Exception as exc:  # a bug or an OS error must not kill the agent
+            log.exception("instance %s failed unexpectedly", self.instance.id)
+            self._report(S.FAILED, f"agent error: {exc}")
+        finally:
+            await self._reporter.flush()
+
+    async def _lifecycle(self) -> None:
+        if self.instance.state in (S.FETCHING, S.STARTING, S.RUNNING, S.HEALTHY, S.UNHEALTHY):
+            # A previous agent process ran it; its process was cleaned up at start-up.
+            self._report(S.EXITED, "agent restarted; the instance is started again")
+        if not await self._prepare():
+            return
+        while True:
+            if self._stop.is_set():
+                self._report(S.STOPPED, "stop requested")
+                return
+            self._report(S.STARTING)
+            config = TaskConfig(
+                instance_id=self.instance.id, command=self.spec.command,
+                env=build_env(self.instance, self.spec, node=self._node, host_ip=self._host_ip,
+                              task_dir=self.dirs.task),
+                task_dir=self.dirs.task, log_dir=self.dirs.logs,
+                resources=self.spec.resources, stop_signal=self.spec.stop_signal,
+                stop_timeout=self.spec.stop_timeout, isolation=self.spec.isolation)
+            started = self._clock.monotonic()
+            try:
+                self.handle = await self._driver.start(config)
+            except Exception as exc:
+                result: ExitResult | None = None
+                reason = f"could not start: {exc}"
+            else:
+                self._report(S.RUNNING, pid=self.handle.pid, started_at=self._clock.now())
+                waiter: asyncio.Future[ExitResult] = asyncio.ensure_future(
+                    self._driver.wait(self.handle))
+                if await self._until_stop(waiter):
+                    await self._stop_task()
+                    return
+                result = waiter.result()
+                reason = result.reason
+                await self._driver.destroy(self.handle)
+                self.handle = None
+            succeeded = result is not None and result.exit_code == 0
+            exit_code = result.exit_code if result is not None else None
+            self._report(S.EXITED, reason, exit_code=exit_code)
+            decision = decide_restart(self.spec.restart, succeeded=succeeded,
+                                      exit_reason=reason,
+                                      ran_for=self._clock.monotonic() - started,
+                                      recent_restarts=self._restart_times,
+                                      now=self._clock.monotonic())
+            if not decision.restart:
+                self._report(decision.state, decision.reason, exit_code=exit_code)
+                return
+            if decision.state != S.EXITED:
+                self._report(decision.state, decision.reason, exit_code=exit_code)
+            if await self._until_stop(asyncio.ensure_future(self._clock.sleep(decision.delay))):
+                self._report(S.STOPPED, "stop requested")
+                return
+            self._restarts += 1
+            self._restart_times.append(self._clock.monotonic())
+
+    async def _prepare(self) -> bool:
+        """Task and log dirs, artifact. False if the instance must not start."""
+        self.dirs.task.mkdir(parents=True, exist_ok=True)
+        self.dirs.logs.mkdir(parents=True, exist_ok=True)
+        digest = self.spec.artifact
+        if digest is None or (self.dirs.root / ".unpacked").exists():
+            return True
+        self._report(S.FETCHING, f"fetching artifact {digest[:19]}")
+        try:
+            fetch = asyncio.ensure_future(self._artifacts.ensure(digest))
+            if await self._until_stop(fetch):
+                self._report(S.STOPPED, "stop requested")
+                return False
+            if self.dirs.task.exists():
+                shutil.rmtree(self.dirs.task)
+            await self._artifacts.unpack(digest, self.dirs.task, self._artifact_max)
+            (self.dirs.root / ".unpacked").touch()
+        except Exception as exc:
+            self._report(S.FAILED, f"artifact {digest[:19]}: {exc}")
+            return False
+        return True
+
+    async def _stop_task(self) -> None:
+        self._report(S.STOPPING, "stop requested")
+        assert self.handle is not None
+        result = await self._driver.stop(self.handle, signal=_signal_number(self.spec.stop_signal),
+                                         timeout=self.spec.stop_timeout)
+        await self._driver.destroy(self.handle)
+        self.handle = None
+        reason = "stopped" if result is None else f"stopped ({result.reason})"
+        self._report(S.STOPPED, reason,
+                     exit_code=result.exit_code if result is not None else None)
+
+
+def remove_dirs(dirs: InstanceDirs) -> None:
+    shutil.rmtree(dirs.root, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.rmdir(dirs.root.parent)

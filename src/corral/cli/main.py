@@ -1,0 +1,33 @@
+"""The `corral` command: one module per verb, each thin over `corral.client`."""
+
+from __future__ import annotations
+
+import typer
+
+from corral.cli import agent, apply, delete, events, logs, nodes, ps, server, status, up
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="Corral: run a multi-service application on a cluster from one file.",
+                  no_args_is_help=True, add_completion=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+
+app.command()(up.up)
+app.command()(up.down)
+app.command()(server.server)
+app.command()(agent.agent)
+app.command()(apply.apply)
+app.command()(status.status)
+app.command()(ps.ps)
+app.command()(logs.logs)
+app.command()(events.events)
+app.command()(nodes.nodes)
+app.command()(delete.delete)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

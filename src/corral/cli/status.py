@@ -1,0 +1,43 @@
+"""`corral status [APP] [-n NAMESPACE] [--json]`: per service desired / running / healthy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from corral.cli.common import call
+from corral.cli.output import console, print_json, table
+from corral.client import Client
+
+__all__ = ["status"]
+
+
+def status(
+    app: str = typer.Argument(None, help="Application name; all when omitted."),
+    namespace: str = typer.Option("default", "-n", "--namespace"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show applications and their services."""
+
+    async def run(client: Client) -> list[dict[str, Any]]:
+        if app:
+            return [await client.get_app(app, namespace)]
+        return list(await client.list_apps())
+
+    apps = call(run)
+    if as_json:
+        print_json([{k: v for k, v in a.items() if k != "spec"} for a in apps])
+        return
+    if not apps:
+        console.print("no applications; `corral apply -f app.yaml` starts one")
+        return
+    rows = []
+    for a in apps:
+        for s in a["services"]:
+            rows.append((a["name"], a["namespace"], a["version"], a["status"], s["service"],
+                         s["desired"], s["running"], s["healthy"], s["pending"], s["failed"]))
+        if not a["services"]:
+            rows.append((a["name"], a["namespace"], a["version"], a["status"], "", 0, 0, 0, 0, 0))
+    table(("APP", "NAMESPACE", "VERSION", "STATUS", "SERVICE", "DESIRED", "RUNNING", "HEALTHY",
+           "PENDING", "FAILED"), rows)

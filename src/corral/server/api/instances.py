@@ -1,0 +1,131 @@
+"""Instances: the cluster-wide process table, status reports from agents, and logs.
+
+- `GET /v1/instances?app=&namespace=&node=&service=&all=false` every instance (terminal ones
+  only with `all`), sorted by app, service, slot.
+- `GET /v1/instances/{id}` one instance.
+- `PUT /v1/instances/{id}/status` an agent reports what happened; the server checks the
+  transition against the state machine in `model/instance.py` and writes it with an event.
+- `GET /v1/instances/{id}/logs?since=&tail=&follow=` proxied to the agent that ran it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from corral.model.codec import to_data
+from corral.model.instance import TERMINAL_STATES, Instance, InstanceState, can_transition
+from corral.server import keys
+from corral.server.api.deps import get_ctx
+from corral.server.context import ServerContext
+from corral.server.errors import ApiError
+from corral.server.logs import stream_logs
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/instances", tags=["instances"])
+Ctx = Annotated[ServerContext, Depends(get_ctx)]
+
+
+class StatusBody(BaseModel):
+    node: str
+    state: InstanceState
+    reason: str = ""
+    pid: int | None = None
+    exit_code: int | None = None
+    restarts: int | None = None
+    health: str | None = None
+    started_at: float | None = None
+
+
+def sort_key(i: Instance) -> tuple[str, str, str, int, float]:
+    return (i.namespace, i.app, i.service, i.slot, i.created_at)
+
+
+async def select_instances(ctx: ServerContext, *, namespace: str | None = None,
+                           app: str | None = None, service: str | None = None,
+                           node: str | None = None, include_terminal: bool = False
+                           ) -> list[Instance]:
+    items, _ = await ctx.records.scan(Instance, keys.INSTANCES)
+    result = [
+        i.record for i in items
+        if (namespace is None or i.record.namespace == namespace)
+        and (app is None or i.record.app == app)
+        and (service is None or i.record.service == service)
+        and (node is None or i.record.node == node)
+        and (include_terminal or i.record.state not in TERMINAL_STATES)
+    ]
+    return sorted(result, key=sort_key)
+
+
+@router.get("")
+async def list_instances(ctx: Ctx, app: str | None = None, namespace: str | None = None,
+                         service: str | None = None, node: str | None = None,
+                         all: bool = False) -> list[dict[str, Any]]:
+    found = await select_instances(ctx, namespace=namespace, app=app, service=service,
+                                   node=node, include_terminal=all)
+    return [to_data(i) for i in found]
+
+
+async def find_instance(ctx: ServerContext, instance_id: str) -> Instance:
+    item = await ctx.records.get(Instance, keys.instance(instance_id))
+    if item is None:
+        raise ApiError(404, f"no instance {instance_id!r}; `corral ps -a` lists them")
+    return item.record
+
+
+@router.get("/{instance_id}")
+async def get_instance(instance_id: str, ctx: Ctx) -> dict[str, Any]:
+    return to_data(await find_instance(ctx, instance_id))  # type: ignore[no-any-return]
+
+
+def describe(inst: Instance) -> str:
+    where = f" on {inst.node}" if inst.node else ""
+    text = f"{inst.app}/{inst.service} instance {inst.id}{where} is {inst.state}"
+    return f"{text}: {inst.reason}" if inst.reason else text
+
+
+@router.put("/{instance_id}/status")
+async def report_status(instance_id: str, body: StatusBody, ctx: Ctx) -> dict[str, Any]:
+    for _ in range(10):
+        item = await ctx.records.get(Instance, keys.instance(instance_id))
+        if item is None:
+            raise ApiError(404, f"no instance {instance_id!r}")
+        old = item.record
+        if old.node != body.node:
+            raise ApiError(403, f"instance {instance_id} is not assigned to node {body.node}")
+        if not can_transition(old.state, body.state):
+            raise ApiError(409, f"instance {instance_id} cannot go from {old.state} to "
+                                f"{body.state}", {"state": old.state})
+        new = dataclasses.replace(
+            old, state=body.state, reason=body.reason, pid=body.pid, exit_code=body.exit_code,
+            restarts=old.restarts if body.restarts is None else body.restarts,
+            health=old.health if body.health is None else body.health,
+            started_at=body.started_at if body.started_at is not None else old.started_at,
+            updated_at=ctx.clock.now(),
+        )
+        if new == dataclasses.replace(old, updated_at=new.updated_at):
+            return {"changed": False}
+        txn = ctx.records.txn().put(keys.instance(old.id), new, expect=item.mod_revision)
+        if (old.state, old.reason, old.restarts, old.health) != (new.state, new.reason,
+                                                                 new.restarts, new.health):
+            txn.event("instance", old.id, str(new.state), describe(new), {
+                "app": new.app, "namespace": new.namespace, "service": new.service,
+                "node": new.node, "state": new.state, "previous": old.state,
+                "reason": new.reason, "exit_code": new.exit_code, "restarts": new.restarts,
+                "pid": new.pid})
+        if await txn.commit() is not None:
+            return {"changed": True}
+    raise ApiError(409, f"instance {instance_id} kept changing; retry")
+
+
+@router.get("/{instance_id}/logs")
+async def instance_logs(instance_id: str, ctx: Ctx, since: float | None = None,
+                        tail: Annotated[int | None, Query(ge=0)] = None,
+                        follow: bool = False, stream: str | None = None) -> StreamingResponse:
+    inst = await find_instance(ctx, instance_id)
+    return await stream_logs(ctx, [inst], since=since, tail=tail, follow=follow, stream=stream)

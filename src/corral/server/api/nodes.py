@@ -1,0 +1,137 @@
+"""Nodes: agents register, heartbeat, and long-poll for the instances assigned to them.
+
+- `POST /v1/nodes` register (or re-register) a node; returns its lease and heartbeat period.
+- `PUT /v1/nodes/{name}/heartbeat` keep the node's lease alive; 404 tells the agent to
+  register again (its lease expired, e.g. while the server was down for long).
+- `GET /v1/nodes`, `GET /v1/nodes/{name}` with allocated resources.
+- `GET /v1/nodes/{name}/instances?index=R&wait=30` blocking query (Nomad style): answers
+  at once if anything assigned to the node changed after revision R, else when it does or
+  after `wait` seconds. Returns `{"index": ..., "instances": [...]}`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, Field
+
+from corral.model.codec import to_data
+from corral.model.instance import TERMINAL_STATES, Instance
+from corral.model.node import DEFAULT_PORT_RANGE, Node, NodeResources, NodeState
+from corral.scheduler import Snapshot, node_usage
+from corral.server import keys
+from corral.server.api.deps import check_name, get_ctx
+from corral.server.context import ServerContext
+from corral.server.errors import ApiError
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/nodes", tags=["nodes"])
+Ctx = Annotated[ServerContext, Depends(get_ctx)]
+
+
+class CapacityBody(BaseModel):
+    cpu: float = Field(gt=0)
+    memory: int = Field(gt=0)
+
+
+class RegisterBody(BaseModel):
+    name: str
+    address: str
+    agent_url: str = ""
+    capacity: CapacityBody
+    labels: dict[str, str] = {}
+    port_range: tuple[int, int] = DEFAULT_PORT_RANGE
+    reserved_ports: list[int] = []
+    drivers: dict[str, str] = {}
+    default_driver: str = "process"
+    attributes: dict[str, str] = {}
+
+
+def node_view(node: Node, usage: Any) -> dict[str, Any]:
+    data: dict[str, Any] = to_data(node)
+    data["allocated"] = {"cpu": round(usage.cpu_milli / 1000, 3), "memory": usage.memory,
+                         "instances": usage.instances} if usage else \
+        {"cpu": 0.0, "memory": 0, "instances": 0}
+    return data
+
+
+@router.post("")
+async def register(body: RegisterBody, ctx: Ctx) -> dict[str, Any]:
+    check_name(body.name, "node name")
+    lo, hi = body.port_range
+    if not 1 <= lo <= hi <= 65535:
+        raise ApiError(400, f"invalid port_range {lo}-{hi}")
+    now = ctx.clock.now()
+    current = await ctx.records.get(Node, keys.node(body.name))
+    node = Node(
+        name=body.name, address=body.address, agent_url=body.agent_url,
+        state=NodeState.READY if current is None or current.record.state == NodeState.DOWN
+        else current.record.state,
+        labels=body.labels, capacity=NodeResources(cpu=body.capacity.cpu,
+                                                   memory=body.capacity.memory),
+        port_range=(lo, hi), reserved_ports=tuple(sorted(set(body.reserved_ports))),
+        drivers=body.drivers, default_driver=body.default_driver, attributes=body.attributes,
+        registered_at=now, heartbeat_at=now,
+    )
+    lease_id = secrets.randbits(62) or 1
+    await ctx.store.lease_grant(lease_id, ctx.config.node_ttl, now=now)
+    txn = ctx.records.txn().put(keys.node(node.name), node,
+                                expect=current.mod_revision if current else 0)
+    txn.put_raw(keys.node_alive(node.name), str(lease_id).encode(), lease=lease_id)
+    if current is None:
+        txn.event("node", node.name, "registered", f"node {node.name} registered at "
+                  f"{node.address}", {"address": node.address, "capacity": to_data(node.capacity)})
+    elif current.record.state == NodeState.DOWN:
+        txn.event("node", node.name, "ready", f"node {node.name} is back")
+    if await txn.commit() is None:
+        raise ApiError(409, f"node {node.name} changed during registration; retry")
+    return {"name": node.name, "lease_id": lease_id, "ttl": ctx.config.node_ttl,
+            "heartbeat_interval": ctx.config.node_ttl / 3}
+
+
+@router.put("/{name}/heartbeat")
+async def heartbeat(name: str, lease_id: int, ctx: Ctx) -> dict[str, Any]:
+    alive = await ctx.store.get(keys.node_alive(name))
+    if alive is None or alive.value != str(lease_id).encode():
+        raise ApiError(404, f"node {name} is not registered with lease {lease_id}; register "
+                            "again")
+    if not await ctx.store.lease_keepalive(lease_id, now=ctx.clock.now()):
+        raise ApiError(404, f"lease of node {name} expired; register again")
+    return {"ok": True}
+
+
+async def _usage(ctx: ServerContext) -> tuple[list[Node], dict[str, Any]]:
+    nodes, _ = await ctx.records.scan(Node, keys.NODES)
+    instances, _ = await ctx.records.scan(Instance, keys.INSTANCES)
+    snap = Snapshot(nodes=tuple(n.record for n in nodes),
+                    instances=tuple(i.record for i in instances))
+    return [n.record for n in nodes], dict(node_usage(snap))
+
+
+@router.get("")
+async def list_nodes(ctx: Ctx) -> list[dict[str, Any]]:
+    nodes, usage = await _usage(ctx)
+    return [node_view(n, usage.get(n.name)) for n in nodes]
+
+
+@router.get("/{name}")
+async def get_node(name: str, ctx: Ctx) -> dict[str, Any]:
+    nodes, usage = await _usage(ctx)
+    for n in nodes:
+        if n.name == name:
+            return node_view(n, usage.get(n.name))
+    raise ApiError(404, f"no node named {name!r}")
+
+
+@router.get("/{name}/instances")
+async def node_instances(name: str, ctx: Ctx, index: int = 0,
+                         wait: Annotated[float, Query(ge=0, le=300)] = 30.0) -> dict[str, Any]:
+    if index > 0:
+        index = await ctx.hub.wait(index, (keys.INSTANCES,), wait)
+    items, revision = await ctx.records.scan(Instance, keys.INSTANCES)
+    mine = [to_data(i.record) for i in items
+            if i.record.node == name and i.record.state not in TERMINAL_STATES]
+    return {"index": max(revision, index), "instances": mine}

@@ -1,0 +1,63 @@
+"""Health, cluster summary and Prometheus metrics.
+
+- `GET /healthz` (no token: load balancers and `corral up` probe it) -> `{"ok": true}`.
+- `GET /v1/status` server version, store revision, counts.
+- `GET /metrics` Prometheus text format: nodes by state, instances by state, applications.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import PlainTextResponse
+
+from corral import __version__
+from corral.model.app import Application
+from corral.model.instance import Instance
+from corral.model.node import Node
+from corral.server import keys
+from corral.server.api.deps import get_ctx
+from corral.server.context import ServerContext
+
+__all__ = ["public", "router"]
+
+public = APIRouter(tags=["system"])
+router = APIRouter(tags=["system"])
+Ctx = Annotated[ServerContext, Depends(get_ctx)]
+
+
+@public.get("/healthz")
+async def healthz() -> dict[str, bool]:
+    return {"ok": True}
+
+
+async def _counts(ctx: ServerContext) -> tuple[Counter[str], Counter[str], int]:
+    nodes, _ = await ctx.records.scan(Node, keys.NODES)
+    instances, _ = await ctx.records.scan(Instance, keys.INSTANCES)
+    apps, _ = await ctx.records.scan(Application, keys.APPS)
+    return (Counter(str(n.record.state) for n in nodes),
+            Counter(str(i.record.state) for i in instances), len(apps))
+
+
+@router.get("/v1/status")
+async def status(ctx: Ctx) -> dict[str, Any]:
+    nodes, instances, apps = await _counts(ctx)
+    return {"version": __version__, "revision": await ctx.store.revision(),
+            "nodes": dict(nodes), "instances": dict(instances), "applications": apps}
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(ctx: Ctx) -> str:
+    nodes, instances, apps = await _counts(ctx)
+    lines = ["# HELP corral_nodes Nodes by state.", "# TYPE corral_nodes gauge"]
+    lines += [f'corral_nodes{{state="{s}"}} {n}' for s, n in sorted(nodes.items())]
+    lines += ["# HELP corral_instances Instances by state.", "# TYPE corral_instances gauge"]
+    lines += [f'corral_instances{{state="{s}"}} {n}' for s, n in sorted(instances.items())]
+    lines += ["# HELP corral_applications Applications.", "# TYPE corral_applications gauge",
+              f"corral_applications {apps}",
+              "# HELP corral_store_revision Current store revision.",
+              "# TYPE corral_store_revision gauge",
+              f"corral_store_revision {await ctx.store.revision()}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,61 @@
+"""Builds the API server: FastAPI routes under `/v1`, token auth, error handlers, and the
+controllers that run beside it in the same event loop.
+
+Data flows one way: handlers validate and write desired state; controllers watch the store
+and write decisions; agents report through the API. Nothing but this process touches the
+store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+from fastapi import Depends, FastAPI
+
+from corral import __version__
+from corral.server.api import apps, artifacts, events, instances, nodes, system
+from corral.server.auth import require_token
+from corral.server.context import ServerContext
+from corral.server.controllers import applications, gc, scheduling
+from corral.server.controllers import nodes as node_controller
+from corral.server.controllers.base import Controller, run_controller
+from corral.server.errors import install_error_handlers
+
+__all__ = ["CONTROLLERS", "create_app"]
+
+log = logging.getLogger(__name__)
+
+CONTROLLERS: tuple[Controller, ...] = (
+    applications.CONTROLLER, scheduling.CONTROLLER, node_controller.CONTROLLER, gc.CONTROLLER,
+)
+
+
+def create_app(ctx: ServerContext, *, controllers: Sequence[Controller] = CONTROLLERS
+               ) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await ctx.hub.start()
+        await node_controller.renew_all_leases(ctx)
+        tasks = [asyncio.create_task(run_controller(ctx, c), name=c.name) for c in controllers]
+        log.info("server ready", extra={"controllers": [c.name for c in controllers]})
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await ctx.hub.stop()
+
+    app = FastAPI(title="Corral", version=__version__, lifespan=lifespan,
+                  description="Run a multi-service application on a cluster from one file.")
+    app.state.ctx = ctx
+    app.state.token = ctx.config.token
+    install_error_handlers(app)
+    app.include_router(system.public)
+    auth = [Depends(require_token)]
+    for module in (system, apps, instances, nodes, events, artifacts):
+        app.include_router(module.router, dependencies=auth)
+    return app

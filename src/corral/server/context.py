@@ -1,0 +1,50 @@
+"""What every API handler and controller of one server shares: configuration, the typed
+store access, the watch hub, the clock and the id source.
+
+Built once in `server/app.py`; handlers reach it through `request.app.state.ctx`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from corral.clock import Clock
+from corral.server.records import Records
+from corral.server.watchhub import WatchHub
+from corral.store.base import Store
+
+__all__ = ["ServerConfig", "ServerContext", "random_id"]
+
+
+def random_id() -> str:
+    return secrets.token_hex(4)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    data_dir: Path
+    store_url: str = ""  # default: sqlite in data_dir
+    host: str = "127.0.0.1"
+    port: int = 7070
+    token: str = ""  # admin token; read from data_dir/admin-token when empty
+    node_ttl: float = 10.0  # a node missing heartbeats this long is down
+    artifact_max_bytes: int = 512 * 1024 * 1024
+    terminal_retention: float = 3600.0  # keep stopped/lost instances this long for `ps -a`
+    event_retention: int = 10_000  # events kept (newest)
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+
+@dataclass(slots=True, kw_only=True)
+class ServerContext:
+    config: ServerConfig
+    store: Store
+    records: Records
+    hub: WatchHub
+    clock: Clock
+    new_id: Callable[[], str] = field(default=random_id)

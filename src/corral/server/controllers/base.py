@@ -1,0 +1,45 @@
+"""The loop every controller runs: wait until something it watches changes (or a resync
+period passes), then reconcile everything it owns, level-triggered.
+
+A reconcile reads desired and actual state afresh and converges; it never trusts what woke
+it. If it raises, the loop logs and retries with exponential backoff; a write that lost a
+compare-and-swap race simply gets retried on the next wake-up (the winning write wakes it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from corral.server.context import ServerContext
+
+__all__ = ["Controller", "run_controller"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Controller:
+    name: str
+    watches: Sequence[str]  # key prefixes whose changes wake it
+    reconcile: Callable[[ServerContext], Awaitable[None]]
+    resync: float = 30.0  # reconcile at least this often even if nothing changed
+
+
+async def run_controller(ctx: ServerContext, controller: Controller) -> None:
+    backoff = 0.05
+    while True:
+        try:
+            start = ctx.hub.revision
+            await controller.reconcile(ctx)
+            backoff = 0.05
+            # Changes made while reconciling (including our own writes) wake us at once.
+            await ctx.hub.wait(start, controller.watches, controller.resync)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("controller %s failed; retrying in %.2fs", controller.name, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)

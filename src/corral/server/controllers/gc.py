@@ -1,0 +1,34 @@
+"""Garbage collection: forgets instances that ended long ago and events beyond retention.
+
+Stopped and lost instances stay visible to `corral ps -a` for `terminal_retention`
+seconds; the newest `event_retention` events are kept for replay.
+"""
+
+from __future__ import annotations
+
+from corral.model.instance import TERMINAL_STATES, Instance
+from corral.server import keys
+from corral.server.context import ServerContext
+from corral.server.controllers.base import Controller
+
+__all__ = ["CONTROLLER", "reconcile_gc"]
+
+
+async def reconcile_gc(ctx: ServerContext) -> None:
+    now = ctx.clock.now()
+    instances, _ = await ctx.records.scan(Instance, keys.INSTANCES)
+    txn = ctx.records.txn()
+    for item in instances:
+        inst = item.record
+        if inst.state in TERMINAL_STATES and \
+                now - inst.updated_at > ctx.config.terminal_retention:
+            txn.delete(keys.instance(inst.id), expect=item.mod_revision)
+    events, _ = await ctx.store.range(keys.EVENTS)
+    excess = len(events) - ctx.config.event_retention
+    for kv in events[: max(excess, 0)]:
+        txn.delete(kv.key)
+    if txn.ops:
+        await txn.commit()
+
+
+CONTROLLER = Controller(name="gc", watches=(), reconcile=reconcile_gc, resync=60.0)

@@ -1,0 +1,59 @@
+"""Where each record lives in the store. One place, so a layout change is one edit.
+
+```
+/apps/<ns>/<name>                      Application
+/appversions/<ns>/<name>/<version:010> ApplicationSpec (immutable)
+/instances/<id>                        Instance
+/nodes/<name>                          Node
+/nodes-alive/<name>                    lease id (attached to the node's lease)
+/artifacts/<hex>                       artifact metadata (the blob is on disk)
+/events/<time_ns:020>-<seq:08>         Event (index = the key's create_revision)
+```
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "APPS", "APP_VERSIONS", "ARTIFACTS", "EVENTS", "INSTANCES", "NODES", "NODES_ALIVE", "app",
+    "app_version", "app_versions", "artifact", "event", "instance", "node", "node_alive",
+]
+
+APPS = "/apps/"
+APP_VERSIONS = "/appversions/"
+INSTANCES = "/instances/"
+NODES = "/nodes/"
+NODES_ALIVE = "/nodes-alive/"
+ARTIFACTS = "/artifacts/"
+EVENTS = "/events/"
+
+
+def app(namespace: str, name: str) -> str:
+    return f"{APPS}{namespace}/{name}"
+
+
+def app_versions(namespace: str, name: str) -> str:
+    return f"{APP_VERSIONS}{namespace}/{name}/"
+
+
+def app_version(namespace: str, name: str, version: int) -> str:
+    return f"{app_versions(namespace, name)}{version:010d}"
+
+
+def instance(instance_id: str) -> str:
+    return f"{INSTANCES}{instance_id}"
+
+
+def node(name: str) -> str:
+    return f"{NODES}{name}"
+
+
+def node_alive(name: str) -> str:
+    return f"{NODES_ALIVE}{name}"
+
+
+def artifact(hex_digest: str) -> str:
+    return f"{ARTIFACTS}{hex_digest}"
+
+
+def event(time_ns: int, seq: int) -> str:
+    return f"{EVENTS}{time_ns:020d}-{seq:08d}"

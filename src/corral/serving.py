@@ -1,0 +1,40 @@
+"""Running an ASGI app inside our own event loop, for the server and the agent alike.
+
+uvicorn's `Server.serve` installs its own signal handlers and re-raises the signal after
+shutting down, which would kill the process before the agent or server finished its own
+shutdown. `EmbeddedServer` leaves signals to the caller, who sets `should_exit`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Generator
+
+import uvicorn
+from fastapi import FastAPI
+
+__all__ = ["EmbeddedServer", "bind_socket", "make_server"]
+
+
+class EmbeddedServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def make_server(app: FastAPI, *, host: str = "127.0.0.1", port: int = 0) -> EmbeddedServer:
+    return EmbeddedServer(uvicorn.Config(app, host=host, port=port, log_config=None,
+                                         access_log=False, timeout_graceful_shutdown=2,
+                                         lifespan="on"))
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket; port 0 picks a free one (read it from getsockname())."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                         socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.set_inheritable(False)
+    return sock

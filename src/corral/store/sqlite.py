@@ -1,0 +1,533 @@
+"""`SqliteStore`: the embedded default `Store` backend, one SQLite file in WAL mode.
+
+Neighbours: implements the protocol in `store.base`; `store.memory` is its in-process twin
+and both pass `tests/store/conformance.py`; `store.open_store("sqlite:///abs/path.db")`
+builds one. Only the API server opens it, and only one process at a time: the file is held
+with an exclusive lock, so a second server fails at open instead of corrupting revisions.
+
+Threads: one worker thread owns the connection and runs every statement, so transactions
+are serialized without a lock and the event loop only ever waits on a future. `_Db` is all
+that runs on that thread; `SqliteStore` is the loop side: it mirrors the revision, keeps a
+bounded tail of recent events and wakes watchers.
+
+Durability: a write commits before its coroutine returns. With WAL and synchronous=NORMAL a
+commit survives the death of the process (kill -9) but not necessarily a power cut;
+synchronous=FULL also syncs every commit to disk and survives that too, at a cost per write.
+
+Watchers: a watcher is a cursor `(revision, seq)` into history. When caught up it reads the
+in-memory tail of the last `tail_events` events; when it has fallen behind the tail, or
+replays from an old revision, it reads the `history` table in batches. Nothing is queued per
+watcher, so one that stops reading costs a cursor and never slows a writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from bisect import bisect_left
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from corral.store.base import (
+    CompactedError,
+    Compare,
+    Delete,
+    EventType,
+    KeyValue,
+    Op,
+    Put,
+    StoreError,
+    TxnResult,
+    WatchEvent,
+    compare_holds,
+    prefix_end,
+)
+
+__all__ = ["SqliteStore"]
+
+T = TypeVar("T")
+Position = tuple[int, int]  # (revision, seq): seq orders the events of one revision
+_Entry = tuple[int, int, WatchEvent]
+
+_BATCH = 256  # history rows per read when a watcher replays from the table
+_LOCK_TIMEOUT = 1.0  # seconds
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE meta (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    revision INTEGER NOT NULL,
+    compact_revision INTEGER NOT NULL  -- newest revision dropped from history
+);
+INSERT INTO meta VALUES (0, 0, 0);
+CREATE TABLE kv (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    create_revision INTEGER NOT NULL,
+    mod_revision INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    lease INTEGER NOT NULL
+);
+CREATE INDEX kv_lease ON kv (lease) WHERE lease != 0;
+CREATE TABLE history (
+    revision INTEGER NOT NULL,  -- also the event's mod_revision
+    seq INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    type TEXT NOT NULL,
+    value BLOB NOT NULL,
+    create_revision INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    lease INTEGER NOT NULL,
+    prev_value BLOB,  -- the prev_* columns are NULL when the key did not exist before
+    prev_create_revision INTEGER,
+    prev_mod_revision INTEGER,
+    prev_version INTEGER,
+    prev_lease INTEGER,
+    PRIMARY KEY (revision, seq)
+);
+CREATE TABLE leases (
+    id INTEGER PRIMARY KEY,
+    ttl REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX leases_expiry ON leases (expires_at);
+"""
+_KV_COLUMNS = "key, value, create_revision, mod_revision, version, lease"
+_HISTORY_COLUMNS = (
+    "revision, seq, key, type, value, create_revision, version, lease, "
+    "prev_value, prev_create_revision, prev_mod_revision, prev_version, prev_lease"
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Commit:
+    """What one committed write tells the loop side."""
+
+    revision: int
+    compact_revision: int
+    entries: tuple[_Entry, ...] = ()
+
+
+def _prefix_clause(prefix: str) -> tuple[str, tuple[str, ...]]:
+    end = prefix_end(prefix)
+    if not end:
+        return "1", ()
+    return "key >= ? AND key < ?", (prefix, end)
+
+
+def _kv(row: Any) -> KeyValue:
+    key, value, create_revision, mod_revision, version, lease = row
+    return KeyValue(key=key, value=value, create_revision=create_revision,
+                    mod_revision=mod_revision, version=version, lease=lease)
+
+
+def _event(row: Any) -> WatchEvent:
+    (revision, _seq, key, type_, value, create_revision, version, lease,
+     prev_value, prev_create, prev_mod, prev_version, prev_lease) = row
+    kv = KeyValue(key=key, value=value, create_revision=create_revision,
+                  mod_revision=revision, version=version, lease=lease)
+    prev = None if prev_value is None else KeyValue(
+        key=key, value=prev_value, create_revision=prev_create, mod_revision=prev_mod,
+        version=prev_version, lease=prev_lease)
+    return WatchEvent(type=EventType(type_), kv=kv, prev_kv=prev)
+
+
+def _record_position(entries: list[_Entry], revision: int) -> Position:
+    last = entries[-1] if entries else None
+    return revision, len(entries)
+
+
+class _Db:
+    """The connection and every statement; lives on, and is only called from, the worker
+    thread. `revision` and `compact_revision` always equal what is committed in `meta`."""
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are begun and ended explicitly below. The
+        # timeout only matters at open, when another process holds the file: waiting long
+        # for a server that is not about to exit would only hide the mistake.
+        self._conn = sqlite3.connect(path, isolation_level=None, timeout=_LOCK_TIMEOUT)
+        try:
+            self._conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise StoreError(f"{path}: cannot use WAL journal mode (got {mode})")
+            self._conn.execute(f"PRAGMA synchronous = {synchronous}")
+            found = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if found == 0:
+                self._conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} "
+                                         f"PRAGMA user_version = {_SCHEMA_VERSION}; COMMIT;")
+            elif found != _SCHEMA_VERSION:
+                raise StoreError(f"{path}: schema version {found}, this corral reads "
+                                 f"{_SCHEMA_VERSION}")
+            row = self._conn.execute("SELECT revision, compact_revision FROM meta").fetchone()
+            self.revision: int = row[0]
+            self.compact_revision: int = row[1]
+        except sqlite3.Error as exc:
+            self._conn.close()
+            hint = " (is another corral server using it?)" if "locked" in str(exc) else ""
+            raise StoreError(f"cannot open store {path}: {exc}{hint}") from exc
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # reads
+
+    def get(self, key: str) -> KeyValue | None:
+        row = self._conn.execute(f"SELECT {_KV_COLUMNS} FROM kv WHERE key = ?",
+                                 (key,)).fetchone()
+        return None if row is None else _kv(row)
+
+    def range(self, prefix: str, limit: int) -> tuple[list[KeyValue], int]:
+        where, args = _prefix_clause(prefix)
+        rows = self._conn.execute(
+            f"SELECT {_KV_COLUMNS} FROM kv WHERE {where} ORDER BY key LIMIT ?",
+            (*args, limit or -1)).fetchall()
+        return [_kv(row) for row in rows], self.revision
+
+    def history(self, prefix: str, cursor: Position,
+                limit: int) -> tuple[list[WatchEvent], Position]:
+        """Up to `limit` events under `prefix` from `cursor` on, and the cursor after them."""
+        if cursor[0] <= self.compact_revision:
+            raise CompactedError(cursor[0], self.compact_revision)
+        where, args = _prefix_clause(prefix)
+        rows = self._conn.execute(
+            f"SELECT {_HISTORY_COLUMNS} FROM history WHERE revision >= ? "
+            f"AND (revision > ? OR seq >= ?) AND {where} ORDER BY revision, seq LIMIT ?",
+            (cursor[0], cursor[0], cursor[1], *args, limit + 1)).fetchall()
+        if len(rows) > limit:
+            # one row more than asked: the cursor lands on an event that exists, so a later
+            # compaction past it is a real loss, never a false alarm
+            return [_event(row) for row in rows[:limit]], (rows[limit][0], rows[limit][1])
+        return [_event(row) for row in rows], (self.revision + 1, 0)
+
+    # writes
+
+    @contextmanager
+    def _writing(self) -> Iterator[list[_Entry]]:
+        """One write transaction; yields the list to record events in. On any error nothing
+        of it stays, in the file or in `revision`."""
+        start = self.revision
+        entries: list[_Entry] = []
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield entries
+            if self.revision != start:
+                self._conn.execute("UPDATE meta SET revision = ?", (self.revision,))
+            self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            self.revision = start
+            raise
+
+    def _commit(self, entries: list[_Entry]) -> _Commit | None:
+        if not entries:
+            return None
+        return _Commit(revision=self.revision, compact_revision=self.compact_revision,
+                       entries=tuple(entries))
+
+    def txn(self, compares: Sequence[Compare], success: Sequence[Op],
+            failure: Sequence[Op]) -> tuple[tuple[bool, int], _Commit | None]:
+        with self._writing() as entries:
+            # every compare is evaluated (no short cut) so a malformed one always raises
+            results = [compare_holds(c, self.get(c.key)) for c in compares]
+            succeeded = all(results)
+            self._apply(success if succeeded else failure, entries)
+        return (succeeded, self.revision), self._commit(entries)
+
+    def _apply(self, ops: Sequence[Op], entries: list[_Entry]) -> None:
+        revision = self.revision + 1
+        before = len(entries)
+        for op in ops:
+            if isinstance(op, Put):
+                self._put(op, revision, entries)
+            elif op.prefix:
+                self._delete_where(*_prefix_clause(op.key), revision, entries)
+            elif not op.key:
+                raise ValueError("cannot delete the empty key")
+            else:
+                self._delete_where("key = ?", (op.key,), revision, entries)
+        if len(entries) > before:
+            self.revision = revision
+
+    def _put(self, op: Put, revision: int, entries: list[_Entry]) -> None:
+        if not op.key:
+            raise ValueError("cannot put the empty key")
+        if op.lease and self._conn.execute("SELECT 1 FROM leases WHERE id = ?",
+                                           (op.lease,)).fetchone() is None:
+            raise StoreError(f"put {op.key!r}: lease {op.lease} does not exist")
+        prev = self.get(op.key)
+        kv = KeyValue(key=op.key, value=op.value, mod_revision=revision, lease=op.lease,
+                      create_revision=prev.create_revision if prev else revision,
+                      version=prev.version + 1 if prev else 1)
+        self._conn.execute(f"INSERT OR REPLACE INTO kv ({_KV_COLUMNS}) VALUES (?,?,?,?,?,?)",
+                           (kv.key, kv.value, kv.create_revision, revision, kv.version,
+                            kv.lease))
+        self._record(entries, WatchEvent(type=EventType.PUT, kv=kv, prev_kv=prev))
+
+    def _delete_where(self, where: str, args: tuple[Any, ...], revision: int,
+                      entries: list[_Entry]) -> None:
+        rows = self._conn.execute(f"SELECT {_KV_COLUMNS} FROM kv WHERE {where} ORDER BY key",
+                                  args).fetchall()
+        if not rows:
+            return
+        self._conn.execute(f"DELETE FROM kv WHERE {where}", args)
+        for row in rows:
+            prev = _kv(row)
+            gone = KeyValue(key=prev.key, value=b"", create_revision=0,
+                            mod_revision=revision, version=0)
+            self._record(entries, WatchEvent(type=EventType.DELETE, kv=gone, prev_kv=prev))
+
+    def _record(self, entries: list[_Entry], event: WatchEvent) -> None:
+        revision, seq = _record_position(entries, event.kv.mod_revision)
+        kv, p = event.kv, event.prev_kv
+        prev = (p.value, p.create_revision, p.mod_revision, p.version, p.lease) if p else (
+            None, None, None, None, None)
+        self._conn.execute(
+            f"INSERT INTO history ({_HISTORY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (revision, seq, kv.key, event.type.value, kv.value, kv.create_revision,
+             kv.version, kv.lease, *prev))
+        entries.append((revision, seq, event))
+
+    def compact(self, revision: int) -> tuple[None, _Commit | None]:
+        if revision > self.revision:
+            raise ValueError(f"cannot compact at {revision}: the store is at {self.revision}")
+        if revision - 1 <= self.compact_revision:
+            return None, None
+        with self._writing():
+            self._conn.execute("DELETE FROM history WHERE revision < ?", (revision,))
+            self._conn.execute("UPDATE meta SET compact_revision = ?", (revision - 1,))
+        self.compact_revision = revision - 1
+        return None, _Commit(revision=self.revision, compact_revision=self.compact_revision)
+
+    # leases
+
+    def lease_grant(self, lease_id: int, ttl: float, now: float) -> tuple[None, None]:
+        with self._writing():
+            self._conn.execute(
+                "INSERT INTO leases (id, ttl, expires_at) VALUES (?, ?, ?) ON CONFLICT (id) "
+                "DO UPDATE SET ttl = excluded.ttl, expires_at = excluded.expires_at",
+                (lease_id, ttl, now + ttl))
+        return None, None
+
+    def lease_keepalive(self, lease_id: int, now: float) -> tuple[bool, None]:
+        with self._writing():
+            cursor = self._conn.execute(
+                "UPDATE leases SET expires_at = ? + ttl WHERE id = ? AND expires_at > ?",
+                (now, lease_id, now))
+        return cursor.rowcount == 1, None
+
+    def lease_revoke(self, lease_id: int) -> tuple[int, _Commit | None]:
+        with self._writing() as entries:
+            self._revoke(lease_id, entries)
+        return self.revision, self._commit(entries)
+
+    def expire_leases(self, now: float) -> tuple[list[int], _Commit | None]:
+        with self._writing() as entries:
+            expired = [row[0] for row in self._conn.execute(
+                "SELECT id FROM leases WHERE expires_at <= ? ORDER BY id", (now,))]
+            for lease_id in expired:
+                self._revoke(lease_id, entries)
+        return expired, self._commit(entries)
+
+    def _revoke(self, lease_id: int, entries: list[_Entry]) -> None:
+        """Each revoked lease that held keys takes a revision of its own, as in etcd."""
+        if self._conn.execute("DELETE FROM leases WHERE id = ?", (lease_id,)).rowcount:
+            revision = self.revision + 1
+            before = len(entries)
+            self._delete_where("lease = ?", (lease_id,), revision, entries)
+            if len(entries) > before:
+                self.revision = revision
+
+
+class SqliteStore:
+    """A `Store` in one SQLite file. Build it with `await SqliteStore.open(path)`."""
+
+    def __init__(self, db: _Db, executor: ThreadPoolExecutor, *, tail_events: int) -> None:
+        self._db = db
+        self._executor = executor
+        self._loop = asyncio.get_running_loop()
+        self._revision = db.revision
+        self._compact_revision = db.compact_revision
+        self._tail: list[_Entry] = []
+        self._tail_from: Position = (db.revision + 1, 0)  # the tail holds every event >= it
+        self._tail_events = tail_events
+        # Replaced on every commit; waiters hold the old one, which is set.
+        self._changed = asyncio.Event()
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str], *,
+                   synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+                   tail_events: int = 4096) -> SqliteStore:
+        """Open (creating if needed) the store at `path`. `tail_events` bounds the recent
+        events kept in memory for watchers that are caught up."""
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
+        if tail_events < 0:
+            raise ValueError(f"tail_events must be >= 0, not {tail_events}")
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corral-sqlite")
+        try:
+            db = await asyncio.get_running_loop().run_in_executor(
+                executor, _Db, Path(path), synchronous)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(db, executor, tail_events=tail_events)
+
+    # reads
+
+    async def revision(self) -> int:
+        self._check_open()
+        return self._revision
+
+    async def get(self, key: str) -> KeyValue | None:
+        return await self._run(partial(self._db.get, key))
+
+    async def range(self, prefix: str, *, limit: int = 0) -> tuple[list[KeyValue], int]:
+        if limit < 0:
+            raise ValueError(f"range limit must be >= 0, not {limit}")
+        return await self._run(partial(self._db.range, prefix, limit))
+
+    # writes
+
+    async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
+        return (await self.txn((), [Put(key=key, value=value, lease=lease)])).revision
+
+    async def delete(self, key: str, *, prefix: bool = False) -> int:
+        return (await self.txn((), [Delete(key=key, prefix=prefix)])).revision
+
+    async def txn(self, compares: Sequence[Compare], success: Sequence[Op],
+                  failure: Sequence[Op] = ()) -> TxnResult:
+        # copied here: the caller may change its lists while the worker thread reads them
+        job = partial(self._db.txn, tuple(compares), tuple(success), tuple(failure))
+        succeeded, revision = await self._write(job)
+        return TxnResult(succeeded=succeeded, revision=revision)
+
+    async def compact(self, revision: int) -> None:
+        await self._write(partial(self._db.compact, revision))
+
+    # leases
+
+    async def lease_grant(self, lease_id: int, ttl: float, *, now: float) -> None:
+        if lease_id <= 0:
+            raise ValueError(f"lease ids are positive (0 means no lease), not {lease_id}")
+        if ttl <= 0:
+            raise ValueError(f"lease ttl must be > 0, not {ttl}")
+        await self._write(partial(self._db.lease_grant, lease_id, ttl, now))
+
+    async def lease_keepalive(self, lease_id: int, *, now: float) -> bool:
+        return await self._write(partial(self._db.lease_keepalive, lease_id, now))
+
+    async def lease_revoke(self, lease_id: int) -> int:
+        return await self._write(partial(self._db.lease_revoke, lease_id))
+
+    async def expire_leases(self, *, now: float) -> list[int]:
+        return await self._write(partial(self._db.expire_leases, now))
+
+    # watch
+
+    def watch(self, prefix: str, *,
+              start_revision: int = 0) -> AsyncGenerator[WatchEvent, None]:
+        if start_revision < 0:
+            raise ValueError(f"start_revision must be >= 0, not {start_revision}")
+        # Fixed now, not at the first iteration, so a change made between creating the
+        # watch and first reading it is not lost.
+        start = start_revision or self._revision + 1
+        return self._watch(prefix, (start, 0))
+
+    async def _watch(self, prefix: str, cursor: Position) -> AsyncGenerator[WatchEvent, None]:
+        while True:
+            self._check_open()
+            if cursor[0] <= self._compact_revision:
+                raise CompactedError(cursor[0], self._compact_revision)
+            if cursor >= self._tail_from:
+                changed = self._changed
+                batch, cursor = self._read_tail(prefix, cursor)
+                if not batch:
+                    await changed.wait()
+                    continue
+            else:
+                batch, cursor = await self._run(
+                    partial(self._db.history, prefix, cursor, _BATCH))
+            for event in batch:
+                # Read before a compaction that has since passed it: the memory backend
+                # could not deliver it either, so neither does this one.
+                if event.kv.mod_revision <= self._compact_revision:
+                    raise CompactedError(event.kv.mod_revision, self._compact_revision)
+                yield event
+
+    def _read_tail(self, prefix: str, cursor: Position) -> tuple[list[WatchEvent], Position]:
+        tail = self._tail
+        i = bisect_left(tail, cursor, key=_position)
+        batch: list[WatchEvent] = []
+        while i < len(tail) and len(batch) < _BATCH:
+            event = tail[i][2]
+            i += 1
+            if event.kv.key.startswith(prefix):
+                batch.append(event)
+        if i < len(tail):
+            return batch, _position(tail[i])
+        # A table read may already have taken this watcher past the last commit announced
+        # to the loop, hence max: the cursor never moves back.
+        return batch, max(cursor, (self._revision + 1, 0))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._wake()
+        try:
+            await self._loop.run_in_executor(self._executor, self._db.close)
+        finally:
+            self._executor.shutdown(wait=True)
+
+    # internals
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("store is closed")
+
+    async def _run(self, job: Callable[[], T]) -> T:
+        self._check_open()
+        return await self._loop.run_in_executor(self._executor, job)
+
+    async def _write(self, job: Callable[[], tuple[T, _Commit | None]]) -> T:
+        def run_and_announce() -> T:
+            result, commit = job()
+            if commit is not None:
+                # Announced from the worker thread, before the caller's future resolves, so
+                # the loop side is up to date when the caller resumes, and even if the
+                # caller was cancelled meanwhile.
+                self._loop.call_soon_threadsafe(self._on_commit, commit)
+            return result
+
+        return await self._run(run_and_announce)
+
+    def _on_commit(self, commit: _Commit) -> None:
+        self._revision = commit.revision
+        self._compact_revision = commit.compact_revision
+        if not commit.entries:
+            return
+        self._tail.extend(commit.entries)
+        if len(self._tail) > 2 * self._tail_events:  # trim in bulk: amortised O(1) per event
+            del self._tail[:len(self._tail) - self._tail_events]
+        self._tail_from = _position(self._tail[0]) if self._tail else (self._revision + 1, 0)
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+
+def _position(entry: _Entry) -> Position:
+    return entry[0], entry[1]

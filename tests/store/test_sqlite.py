@@ -1,0 +1,196 @@
+"""`SqliteStore` against the store conformance suite, twice (with its in-memory event tail,
+and with a tail so small that watchers mostly read the history table), then what only a
+file can do: survive close, reopen and kill -9. Also `open_store`'s URL handling."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from corral.store import (
+    MemoryStore,
+    Put,
+    SqliteStore,
+    Store,
+    StoreError,
+    open_store,
+)
+from tests.store.conformance import GUARD, StoreConformance, brief, kv, next_event, take
+
+
+class TestSqliteStore(StoreConformance):
+    @pytest.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[Store]:
+        store = await SqliteStore.open(tmp_path / "state.db")
+        yield store
+        await store.close()
+
+
+class TestSqliteStoreTinyTail(StoreConformance):
+    @pytest.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[Store]:
+        store = await SqliteStore.open(tmp_path / "state.db", tail_events=2)
+        yield store
+        await store.close()
+
+
+async def test_data_revision_and_leases_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = await SqliteStore.open(path, synchronous="FULL")
+    await store.lease_grant(5, 10.0, now=0.0)
+    await store.put("/a", b"1")
+    await store.put("/b", b"1", lease=5)
+    await store.put("/a", b"2")
+    await store.delete("/c/", prefix=True)  # nothing there: no revision
+    await store.close()
+
+    store = await SqliteStore.open(path)
+    try:
+        assert await store.revision() == 3
+        assert await store.get("/a") == kv("/a", b"2", create=1, mod=3, version=2)
+        assert await store.get("/b") == kv("/b", b"1", create=2, mod=2, version=1, lease=5)
+        assert await store.put("/d", b"1") == 4
+        assert await store.expire_leases(now=10.0) == [5]
+        assert await store.get("/b") is None
+    finally:
+        await store.close()
+
+
+async def test_revision_never_goes_back_after_everything_is_deleted(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = await SqliteStore.open(path)
+    for key in ("/a", "/b", "/c"):
+        await store.put(key, b"x")
+    assert await store.delete("/", prefix=True) == 4
+    await store.compact(4)
+    await store.close()
+
+    store = await SqliteStore.open(path)
+    try:
+        assert await store.revision() == 4
+        assert await store.range("") == ([], 4)
+        assert await store.put("/a", b"again") == 5
+        watch = store.watch("/", start_revision=4)
+        assert [e.kv.mod_revision for e in await take(watch, 4)] == [4, 4, 4, 5]
+        await watch.aclose()
+    finally:
+        await store.close()
+
+
+async def test_history_replays_after_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = await SqliteStore.open(path)
+    await store.put("/a", b"1")
+    await store.txn([], [Put(key="/a", value=b"2"), Put(key="/b", value=b"1")])
+    await store.delete("/a")
+    await store.close()
+
+    store = await SqliteStore.open(path)
+    try:
+        watch = store.watch("/", start_revision=1)
+        events = await take(watch, 4)
+        assert brief(events) == [("put", "/a", b"1", 1), ("put", "/a", b"2", 2),
+                                 ("put", "/b", b"1", 2), ("delete", "/a", b"", 3)]
+        assert [e.prev_kv for e in events] == [None, kv("/a", b"1", 1, 1, 1), None,
+                                               kv("/a", b"2", 1, 2, 2)]
+        await store.put("/c", b"live")
+        assert brief([await next_event(watch)]) == [("put", "/c", b"live", 4)]
+        await watch.aclose()
+    finally:
+        await store.close()
+
+
+async def test_a_second_open_of_the_same_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = await SqliteStore.open(path)
+    try:
+        with pytest.raises(StoreError, match="another corral server"):
+            await SqliteStore.open(path)
+        assert await store.put("/a", b"1") == 1
+    finally:
+        await store.close()
+
+
+# Commits transactions of TXN_KEYS puts each, forever, printing "<i> <revision>" once each
+# is acknowledged; the test kills it with SIGKILL part way.
+TXN_KEYS = 10
+WRITER = f"""
+import asyncio, sys
+from corral.store import Put, SqliteStore
+
+async def main(path):
+    store = await SqliteStore.open(path)
+    i = 0
+    while True:
+        result = await store.txn([], [Put(key=f"/crash/{{i:07}}/{{j}}", value=b"%d" % i)
+                                      for j in range({TXN_KEYS})])
+        print(i, result.revision, flush=True)
+        i += 1
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_acknowledged_commits_survive_kill_9(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    writer = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", WRITER, str(path), stdout=asyncio.subprocess.PIPE)
+    assert writer.stdout is not None
+    acknowledged: list[tuple[int, int]] = []
+    try:
+        async with asyncio.timeout(GUARD):
+            while len(acknowledged) < 300:
+                line = await writer.stdout.readline()
+                assert line, "the writer exited before it was killed"
+                i, revision = map(int, line.split())
+                acknowledged.append((i, revision))
+    finally:
+        writer.kill()
+        await writer.wait()
+    assert writer.returncode == -signal.SIGKILL
+
+    store = await SqliteStore.open(path)
+    try:
+        for i, revision in acknowledged:
+            for j in range(TXN_KEYS):
+                assert await store.get(f"/crash/{i:07}/{j}") == kv(
+                    f"/crash/{i:07}/{j}", b"%d" % i, create=revision, mod=revision, version=1)
+        # whatever got in after the last acknowledgement got in whole
+        found, revision = await store.range("/crash/")
+        assert revision >= acknowledged[-1][1]
+        per_revision = Counter(k.mod_revision for k in found)
+        assert per_revision == dict.fromkeys(range(1, revision + 1), TXN_KEYS)
+    finally:
+        await store.close()
+
+
+async def test_open_store_reads_urls_and_plain_paths(tmp_path: Path) -> None:
+    for url in (f"sqlite://{tmp_path}/a.db", str(tmp_path / "b.db")):
+        store = await open_store(url)
+        try:
+            assert isinstance(store, SqliteStore)
+            assert await store.put("/a", b"1") == 1
+        finally:
+            await store.close()
+    assert (tmp_path / "a.db").exists()
+    assert (tmp_path / "b.db").exists()
+    memory = await open_store("memory://")
+    assert isinstance(memory, MemoryStore)
+    await memory.close()
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("etcd://localhost:2379", "unknown scheme 'etcd'"),
+    ("sqlite://relative.db", "absolute path"),
+    ("memory://somewhere", "no path"),
+    ("", "empty store URL"),
+])
+async def test_open_store_refuses_unknown_urls(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        await open_store(url)
