@@ -20,7 +20,8 @@ def req(instance_id: str = "r1", *, cpu: float = 0.1, memory: int = 128 * MiB,
                             static_ports=static or {}, driver=driver)
 
 
-def run(nodes: tuple[Node, ...], *requests: PlacementRequest, instances: tuple[Instance, ...] = ()) -> Plan:
+def run(nodes: tuple[Node, ...], *requests: PlacementRequest,
+        instances: tuple[Instance, ...] = ()) -> Plan:
     return schedule(Snapshot(nodes=nodes, instances=instances), requests)
 
 
@@ -64,7 +65,8 @@ def test_reason_names_the_resource_before_nodes_that_are_not_ready() -> None:
     nodes = (make_node("a", memory=32 * GiB), make_node("b", memory=32 * GiB),
              make_node("c", memory=32 * GiB), make_node("d", state=NodeState.DOWN))
     failure = only_failure(run(nodes, req(memory=64 * GiB)))
-    assert failure.reason == "no node can fit 64GiB memory: 3 nodes exhausted memory, 1 node not ready"
+    assert failure.reason == (
+        "no node can fit 64GiB memory: 3 nodes exhausted memory, 1 node not ready")
     assert failure.dimensions == {"memory": 3, "not ready": 1}
     assert list(failure.dimensions) == ["memory", "not ready"]  # most first
 
@@ -102,7 +104,7 @@ def test_node_without_driver_map_runs_only_process() -> None:
 
 def test_static_port_held_by_another_instance_conflicts() -> None:
     nodes = (make_node("a"), make_node("b"))
-    existing = (make_instance("x", node="a", ports={"http": 8080}),)
+    existing: tuple[Instance, ...] = (make_instance("x", node="a", ports={"http": 8080}),)
     plan = run(nodes, req(ports=("http",), static={"http": 8080}), instances=existing)
     assert [(p.node, p.ports) for p in plan.placements] == [("b", {"http": 8080})]
     existing += (make_instance("y", node="b", ports={"web": 8080}),)

@@ -187,13 +187,13 @@ def check(snapshot: Snapshot, requests: list[PlacementRequest], plan: Plan) -> N
         assert len(held.ports) == len(set(held.ports))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(snapshot=snapshots(), requests=batches())
 def test_plans_obey_every_rule(snapshot: Snapshot, requests: list[PlacementRequest]) -> None:
     check(snapshot, requests, schedule(snapshot, requests))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(snapshot=snapshots(), requests=batches(), data=st.data())
 def test_plans_do_not_depend_on_snapshot_order(snapshot: Snapshot,
                                                requests: list[PlacementRequest],
@@ -203,7 +203,7 @@ def test_plans_do_not_depend_on_snapshot_order(snapshot: Snapshot,
     assert schedule(reordered, requests) == schedule(snapshot, requests)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(snapshot=snapshots())
 def test_usage_matches_the_model(snapshot: Snapshot) -> None:
     usage = node_usage(snapshot)

@@ -295,10 +295,13 @@ class StoreConformance:
         await replay.aclose()
 
     async def test_watch_from_a_future_revision_waits_for_it(self, store: Store) -> None:
-        watch = store.watch("/", start_revision=3)
-        for key in ("/a", "/b", "/c"):
+        await store.put("/a", b"x")
+        watch = store.watch("/", start_revision=4)
+        first = asyncio.create_task(next_event(watch))
+        await asyncio.sleep(0)  # a yield, not a wait: the watch starts before the writes
+        for key in ("/b", "/c", "/d"):
             await store.put(key, b"x")
-        assert brief([await next_event(watch)]) == [("put", "/c", b"x", 3)]
+        assert brief([await first]) == [("put", "/d", b"x", 4)]
         await watch.aclose()
 
     async def test_compact_fails_old_watches_and_serves_newer_ones(self, store: Store) -> None:

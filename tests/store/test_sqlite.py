@@ -35,7 +35,7 @@ class TestSqliteStore(StoreConformance):
 class TestSqliteStoreTinyTail(StoreConformance):
     @pytest.fixture
     async def store(self, tmp_path: Path) -> AsyncIterator[Store]:
-        store = await SqliteStore.open(tmp_path / "state.db", tail_events=2)
+        store = await SqliteStore.open(tmp_path / "state.db", tail_events=1)
         yield store
         await store.close()
 

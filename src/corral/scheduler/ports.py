@@ -45,7 +45,7 @@ def pick_ports(budget: NodeBudget, request: PlacementRequest, need: Need) -> dic
                 raise ValueError(f"node {budget.name} has too few free ports in its range")
             port = lo + (offset + step) % size
             step += 1
-            if port not in taken:
+            if port not in taken and port not in pinned:
                 dynamic[name] = port
                 break
     ports = {name: request.static_ports[name] if name in request.static_ports else dynamic[name]

@@ -167,7 +167,8 @@ class MemoryStore:
             event = self._history[index]
             position += 1
             wanted = event.kv.mod_revision
-            if event.kv.key.startswith(prefix):
+            # the revision test matters when `start` was still in the future at the bisect
+            if wanted >= start and event.kv.key.startswith(prefix):
                 yield event
 
     async def close(self) -> None:

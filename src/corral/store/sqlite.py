@@ -139,7 +139,7 @@ def _event(row: Any) -> WatchEvent:
 
 def _record_position(entries: list[_Entry], revision: int) -> Position:
     last = entries[-1] if entries else None
-    return revision, len(entries)
+    return revision, last[1] + 1 if last and last[0] == revision else 0
 
 
 class _Db:
@@ -344,7 +344,8 @@ class _Db:
         if self._conn.execute("DELETE FROM leases WHERE id = ?", (lease_id,)).rowcount:
             revision = self.revision + 1
             before = len(entries)
-            self._delete_where("lease = ?", (lease_id,), revision, entries)
+            # "lease != 0" repeats the partial index's condition so the planner may use it
+            self._delete_where("lease = ? AND lease != 0", (lease_id,), revision, entries)
             if len(entries) > before:
                 self.revision = revision
 
@@ -477,8 +478,9 @@ class SqliteStore:
                 batch.append(event)
         if i < len(tail):
             return batch, _position(tail[i])
-        # A table read may already have taken this watcher past the last commit announced
-        # to the loop, hence max: the cursor never moves back.
+        # The cursor never moves back. (A table read cannot overtake a commit's announcement,
+        # as both reach the loop through the worker thread in order; max keeps that an
+        # assumption this method does not rest on.)
         return batch, max(cursor, (self._revision + 1, 0))
 
     async def close(self) -> None:
