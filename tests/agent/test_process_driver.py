@@ -39,6 +39,8 @@ T0 = 1_700_000_000.0
 PATH = "/usr/local/bin:/usr/bin:/bin"
 PY = sys.executable  # no site-packages needed: plain CPython for the payloads
 
+pytestmark = pytest.mark.timeout(60)
+
 
 @pytest.fixture(scope="module")
 def cgroups() -> Iterator[CgroupRoot]:
@@ -219,10 +221,11 @@ async def test_stop_that_is_obeyed_returns_at_once(h: Harness) -> None:
 
 async def test_stop_kills_double_forked_and_setsid_children(h: Harness) -> None:
     config = h.config(PY, "-c", (
-        "import os, time\n"
+        "import os, signal, time\n"
         "if os.fork() == 0:\n"  # a classic daemon: fork, setsid, fork, parent exits
         "    os.setsid()\n"
         "    if os.fork() == 0:\n"
+        "        signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"  # needs the SIGKILL
         "        open('daemon.pid', 'w').write(str(os.getpid()))\n"
         "        time.sleep(300)\n"
         "    os._exit(0)\n"
@@ -238,7 +241,8 @@ async def test_stop_kills_double_forked_and_setsid_children(h: Harness) -> None:
     assert not any(gone(p) for p in pids)
     # Neither is in the instance's process group: only the cgroup reaches them.
     assert all(os.getpgid(p) != handle.pid for p in pids)
-    await h.driver.stop(handle, signal=signal.SIGTERM, timeout=5)
+    result = await h.driver.stop(handle, signal=signal.SIGTERM, timeout=0.5)
+    assert result is not None and result.signal == signal.SIGTERM
     await until(lambda: all(gone(p) for p in [handle.pid, *pids]))
 
 
@@ -317,7 +321,7 @@ async def test_signal_reaches_the_main_process(h: Harness) -> None:
 
 async def test_destroy_removes_every_cgroup_and_is_idempotent(
         h: Harness, cgroups: CgroupRoot) -> None:
-    config = h.config("sh", "-c", "sleep 300 & sleep 300")
+    config = h.config("sh", "-c", "sleep 300 & exec sleep 300")
     handle = await h.start(config)
     group = cgroups.group(PARENT, config.instance_id)
     await until(lambda: len(group.pids()) == 2)
@@ -338,11 +342,14 @@ async def test_a_restarted_instance_gets_a_fresh_cgroup(h: Harness,
     assert (await h.driver.wait(first)).exit_code == 0
     group = cgroups.group(PARENT, config.instance_id)
     [leftover] = group.pids()  # the background sleep outlived its parent
-    # The runner normally destroys before restarting; the driver copes if it did not.
-    h.driver._tasks.clear()
-    second = await h.start(config)
-    assert gone(leftover)
-    assert (await h.driver.wait(second)).exit_code == 0
+    # An agent that crashed before destroy: the next one starts the instance again.
+    after_crash = ProcessDriver(cgroups=cgroups, cgroup_parent=PARENT)
+    second = await after_crash.start(config)
+    try:
+        assert gone(leftover)
+        assert (await after_crash.wait(second)).exit_code == 0
+    finally:
+        await after_crash.destroy(second)
 
 
 async def test_handle_is_json(h: Harness) -> None:
@@ -376,7 +383,8 @@ async def test_without_cgroups_runs_unlimited_and_says_so(plain: Harness) -> Non
 
 
 async def test_without_cgroups_stop_kills_the_process_group(plain: Harness) -> None:
-    config = plain.config("sh", "-c", "sleep 300 & echo $! > child.pid; trap '' TERM; wait")
+    # SIGTERM ignored by both: the shell and, inherited, its child.
+    config = plain.config("sh", "-c", "trap '' TERM; sleep 300 & echo $! > child.pid; wait")
     handle = await plain.start(config)
     pidfile = config.task_dir / "child.pid"
     await until(lambda: pidfile.exists() and pidfile.read_text().strip() != "")

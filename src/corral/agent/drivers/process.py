@@ -64,6 +64,7 @@ class _Task:
     cgroup: Cgroup | None
     writers: list[LogWriter]
     pumps: list[asyncio.Task[None]]
+    transports: list[asyncio.ReadTransport]
     exited: asyncio.Task[ExitResult] | None = None
 
 
@@ -107,7 +108,7 @@ class ProcessDriver:
 
     async def start(self, config: TaskConfig) -> TaskHandle:
         if config.instance_id in self._tasks:
-            raise DriverError(f"instance {config.instance_id} is already running")
+            raise DriverError(f"instance {config.instance_id} was started and not destroyed")
         if not config.command:
             raise DriverError("empty command")
         args = expand_vars(config.command, config.env)
@@ -119,16 +120,24 @@ class ProcessDriver:
             argv: Sequence[str] = (self._shell, "-c", script, "sh", program, *args[1:])
         else:
             argv = (program, *args[1:])
+        # Our own pipes, not asyncio's PIPE: with those, Process.wait() also waits for the
+        # pipes to close, i.e. forever when a daemonised child keeps stdout open.
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
         try:
             process = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, cwd=config.task_dir, env=dict(config.env),
-                start_new_session=True)
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out_w, stderr=err_w,
+                cwd=config.task_dir, env=dict(config.env), start_new_session=True)
         except OSError as exc:
+            os.close(out_r)
+            os.close(err_r)
             if cgroup is not None:
                 await cgroup.remove()
             raise DriverError(f"cannot start {args[0]!r}: {exc.strerror} "
                               f"(cwd {config.task_dir})") from exc
+        finally:
+            os.close(out_w)
+            os.close(err_w)
         handle = TaskHandle(
             driver=self.name, instance_id=config.instance_id, pid=process.pid,
             started_at=self._clock(),
@@ -138,11 +147,11 @@ class ProcessDriver:
         writers = [LogWriter(config.log_dir, stream, max_bytes=self._log_max_bytes,
                              keep=self._log_keep, clock=self._clock)
                    for stream in ("stdout", "stderr")]
-        assert process.stdout is not None and process.stderr is not None
-        pumps = [asyncio.create_task(writers[0].pump(process.stdout)),
-                 asyncio.create_task(writers[1].pump(process.stderr))]
+        pipes = [await _read_pipe(out_r), await _read_pipe(err_r)]
+        pumps = [asyncio.create_task(w.pump(reader))
+                 for w, (_, reader) in zip(writers, pipes, strict=True)]
         task = _Task(handle=handle, process=process, cgroup=cgroup, writers=writers,
-                     pumps=pumps)
+                     pumps=pumps, transports=[t for t, _ in pipes])
         # Watch from the start, not from the first `wait`: the OOM count must be read before
         # anyone removes the cgroup.
         task.exited = asyncio.create_task(self._watch(task))
@@ -171,9 +180,8 @@ class ProcessDriver:
             with contextlib.suppress(CgroupError):
                 oom = task.cgroup.oom_killed() > 0
         await asyncio.wait(task.pumps, timeout=_PUMP_GRACE)
-        limit = task.handle.data.get("memory_limit")
         return exit_result(returncode, oom_killed=oom,
-                           memory_limit=limit if isinstance(limit, int) else None)
+                           memory_limit=_int(task.handle.data.get("memory_limit")))
 
     def _own(self, handle: TaskHandle) -> _Task | None:
         task = self._tasks.get(handle.instance_id)
@@ -215,12 +223,17 @@ class ProcessDriver:
         task = self._own(handle)
         cgroup = self._cgroup_for(handle)
         if cgroup is not None:
-            for pid in cgroup.pids():
+            # The main pid too: right after `start` the wrapper may not have joined yet.
+            targets = set(cgroup.pids())
+            if _alive(handle):
+                targets.add(handle.pid)
+            for pid in targets:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal)
-            if not await cgroup.wait_empty(timeout):
+            if not await self._cgroup_gone(cgroup, handle, task, timeout):
                 await cgroup.kill()
-                if not await cgroup.wait_empty(_KILL_WAIT):
+                await self.signal(handle, signals.SIGKILL)
+                if not await self._cgroup_gone(cgroup, handle, task, _KILL_WAIT):
                     raise DriverError(f"processes of {handle.instance_id} survived SIGKILL: "
                                       f"{cgroup.pids()}")
         else:
@@ -237,20 +250,31 @@ class ProcessDriver:
         assert task.exited is not None
         return await asyncio.shield(task.exited)
 
-    async def _group_gone(self, pgid: int, task: _Task | None, timeout: float) -> bool:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+    async def _main_gone(self, handle: TaskHandle, task: _Task | None,
+                         timeout: float) -> bool:
         if task is not None:
-            # The main process stays in its group as a zombie until reaped: wait for that.
             try:
                 await asyncio.wait_for(asyncio.shield(task.process.wait()), timeout)
             except TimeoutError:
                 return False
-        while _group_exists(pgid):
-            if loop.time() >= deadline:
-                return False
-            await asyncio.sleep(0.01)
-        return True
+            return True
+        return await _poll(lambda: not _alive(handle), timeout)
+
+    async def _cgroup_gone(self, cgroup: Cgroup, handle: TaskHandle, task: _Task | None,
+                           timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if not await self._main_gone(handle, task, timeout):
+            return False
+        return await cgroup.wait_empty(max(0.0, deadline - loop.time()))
+
+    async def _group_gone(self, pgid: int, task: _Task | None, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # The main process stays in its group as a zombie until reaped: wait for that.
+        if task is not None and not await self._main_gone(task.handle, task, timeout):
+            return False
+        return await _poll(lambda: not _group_exists(pgid), max(0.0, deadline - loop.time()))
 
     async def usage(self, handle: TaskHandle) -> Usage | None:
         cgroup = self._cgroup_for(handle)
@@ -329,11 +353,25 @@ def _killpg(pgid: int, sig: int) -> None:
 
 
 def _group_exists(pgid: int) -> bool:
+    """Whether a live (non-zombie) process is in group `pgid`. Killed orphans stay in it as
+    zombies until whoever inherited them reaps them, which can take a while (a PID 1 that
+    is not a real init), so a bare `killpg(pgid, 0)` is not enough."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
-    return True
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2:].split()
+        if fields[0] != b"Z" and int(fields[2]) == pgid:
+            return True
+    return False
 
 
 def _tree_usage(pid: int) -> Usage | None:
@@ -357,6 +395,24 @@ def _tree_usage(pid: int) -> Usage | None:
     return Usage(cpu_seconds=cpu, memory=memory, pids=count)
 
 
+async def _read_pipe(fd: int) -> tuple[asyncio.ReadTransport, asyncio.StreamReader]:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0))
+    return transport, reader
+
+
+async def _poll(done: Callable[[], bool], timeout: float) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not done():
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
 async def _kill_and_remove(cgroup: Cgroup) -> None:
     await cgroup.kill()
     if not await cgroup.wait_empty(_KILL_WAIT):
@@ -370,6 +426,8 @@ async def _finish(task: _Task) -> None:
     for p in pending:
         p.cancel()
     await asyncio.gather(*task.pumps, return_exceptions=True)
+    for t in task.transports:
+        t.close()
     for w in task.writers:
         w.close()
     if task.exited is not None:
