@@ -42,8 +42,3 @@ def fresh_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         pytest.skip(reason)
     with local_cluster(tmp_path / "c") as c:
         yield c
-
-
-@pytest.fixture
-def web_dir() -> Path:
-    return Path(__file__).parent / "apps" / "web"

@@ -10,6 +10,7 @@ import tarfile
 import io
 import time
 import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,21 @@ def write_spec(tmp_path: Path, name: str, body: str) -> Path:
     return path
 
 
+@pytest.fixture
+def web_dir(tmp_path: Path) -> Path:
+    """The test web server, copied beside the spec files (artifact paths are relative)."""
+    dest = tmp_path / "web"
+    shutil.copytree(Path(__file__).parent / "apps" / "web", dest)
+    return dest
+
+
 def web_spec(name: str, web_dir: Path, instances: int, greeting: str = "hi") -> str:
     return f"""
 name: {name}
 services:
   web:
     instances: {instances}
-    artifact: {web_dir}
+    artifact: ./{web_dir.name}
     command: [python3, server.py, "${{PORT_HTTP}}"]
     env: {{GREETING: {greeting}}}
     resources: {{cpu: 0.05, memory: 64MiB}}
@@ -135,7 +144,7 @@ name: gone
 services:
   d:
     instances: 2
-    artifact: {daemon}
+    artifact: ./daemon
     command: [sh, run.sh]
     resources: {{cpu: 0.05, memory: 32MiB}}
 """)

@@ -25,6 +25,7 @@ import os
 import shlex
 import shutil
 import signal as signals
+import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -60,7 +61,8 @@ _UNKNOWN_STATUS = "exited (status unknown: not started by this agent process)"
 @dataclass(slots=True)
 class _Task:
     handle: TaskHandle
-    process: asyncio.subprocess.Process
+    process: subprocess.Popen[bytes]
+    reaped: asyncio.Task[int]  # the main process's wait status, once it has ended
     cgroup: Cgroup | None
     writers: list[LogWriter]
     pumps: list[asyncio.Task[None]]
@@ -120,13 +122,15 @@ class ProcessDriver:
             argv: Sequence[str] = (self._shell, "-c", script, "sh", program, *args[1:])
         else:
             argv = (program, *args[1:])
-        # Our own pipes, not asyncio's PIPE: with those, Process.wait() also waits for the
-        # pipes to close, i.e. forever when a daemonised child keeps stdout open.
+        # Not asyncio.create_subprocess_exec: its Process.wait() also waits for the pipes to
+        # close (forever, when a daemonised child keeps stdout open), and on 3.11 its child
+        # watcher starts a thread per process (~1 ms each, and a thread per instance).
+        # Popen (vfork) plus a pidfd in the event loop has neither problem.
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out_w, stderr=err_w,
+            process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w,
                 cwd=config.task_dir, env=dict(config.env), start_new_session=True)
         except OSError as exc:
             os.close(out_r)
@@ -150,8 +154,9 @@ class ProcessDriver:
         pipes = [await _read_pipe(out_r), await _read_pipe(err_r)]
         pumps = [asyncio.create_task(w.pump(reader))
                  for w, (_, reader) in zip(writers, pipes, strict=True)]
-        task = _Task(handle=handle, process=process, cgroup=cgroup, writers=writers,
-                     pumps=pumps, transports=[t for t, _ in pipes])
+        task = _Task(handle=handle, process=process, reaped=asyncio.create_task(_reap(process)),
+                     cgroup=cgroup, writers=writers, pumps=pumps,
+                     transports=[t for t, _ in pipes])
         # Watch from the start, not from the first `wait`: the OOM count must be read before
         # anyone removes the cgroup.
         task.exited = asyncio.create_task(self._watch(task))
@@ -172,7 +177,7 @@ class ProcessDriver:
         return cgroup
 
     async def _watch(self, task: _Task) -> ExitResult:
-        returncode = await task.process.wait()
+        returncode = await asyncio.shield(task.reaped)
         oom = False
         # The shell convention 128+9 covers a command that is itself a shell whose child
         # the OOM killer chose; the kernel counts the kill before the victim is reaped.
@@ -254,7 +259,7 @@ class ProcessDriver:
                          timeout: float) -> bool:
         if task is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(task.process.wait()), timeout)
+                await asyncio.wait_for(asyncio.shield(task.reaped), timeout)
             except TimeoutError:
                 return False
             return True
@@ -395,6 +400,31 @@ def _tree_usage(pid: int) -> Usage | None:
     return Usage(cpu_seconds=cpu, memory=memory, pids=count)
 
 
+async def _reap(process: subprocess.Popen[bytes]) -> int:
+    """Wait for `process` to end without blocking the loop or a thread: a pidfd becomes
+    readable when the process exits; `Popen.wait` then collects the status at once."""
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except OSError:  # kernel before 5.3
+        return await asyncio.to_thread(process.wait)
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    try:
+        loop.add_reader(pidfd, readable)
+        try:
+            await exited
+        finally:
+            loop.remove_reader(pidfd)
+    finally:
+        os.close(pidfd)
+    return process.wait()
+
+
 async def _read_pipe(fd: int) -> tuple[asyncio.ReadTransport, asyncio.StreamReader]:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -433,3 +463,8 @@ async def _finish(task: _Task) -> None:
     if task.exited is not None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(task.exited), _KILL_WAIT)
+    # Only if the main process survived everything (left its process group without
+    # cgroups): stop watching it; Popen reaps it whenever it ends.
+    for t in (task.reaped, task.exited):
+        if t is not None and not t.done():
+            t.cancel()
