@@ -26,6 +26,8 @@ from corral.model.application import Resources
 MiB = 1024 * 1024
 PARENT = f"corral-test-{os.getpid()}-cg"
 
+pytestmark = pytest.mark.timeout(60)
+
 
 @pytest.fixture(scope="module")
 def real() -> Iterator[CgroupRoot]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from corral.agent.cgroups import CgroupRoot, NoCgroups, detect
-from corral.agent.drivers import DRIVERS
+from corral.agent.drivers import DRIVERS, make_drivers
 from corral.agent.drivers.base import (
     Driver,
     DriverError,
@@ -81,8 +81,9 @@ class Harness:
         self.handles.append(handle)
         return handle
 
-    async def run(self, *command: str, **kw: object) -> tuple[ExitResult, list[str]]:
-        config = self.config(*command, **kw)  # type: ignore[arg-type]
+    async def run(self, *command: str, env: dict[str, str] | None = None,
+                  resources: Resources | None = None) -> tuple[ExitResult, list[str]]:
+        config = self.config(*command, env=env, resources=resources)
         handle = await self.start(config)
         result = await asyncio.wait_for(self.driver.wait(handle), 30)
         return result, [line.text for line in read_logs(config.log_dir)]
@@ -408,10 +409,30 @@ async def test_without_cgroups_usage_of_the_process_tree(plain: Harness) -> None
 # --- shared helpers and the registry ------------------------------------------------------
 
 
-def test_registry_builds_drivers() -> None:
+async def test_registry_builds_drivers() -> None:
     driver = DRIVERS["process"](cgroups=NoCgroups("test"))
     assert isinstance(driver, Driver)
     assert driver.name == "process"
+    registry = make_drivers(cgroups=NoCgroups("test"), cgroup_parent=PARENT)
+    assert registry.status == {"process": ""}
+    assert registry.default == "process"
+    assert set(registry.usable) == {"process"}
+    assert await registry.cleanup_stale() == []
+
+
+async def test_registry_cleans_up_what_an_earlier_agent_left(cgroups: CgroupRoot,
+                                                             tmp_path: Path) -> None:
+    earlier = Harness(ProcessDriver(cgroups=cgroups, cgroup_parent=PARENT), tmp_path)
+    kept = await earlier.start(earlier.config("sleep", "300"))
+    stale = await earlier.start(earlier.config("sleep", "300"))
+    try:
+        registry = make_drivers(cgroups=cgroups, cgroup_parent=PARENT)
+        assert await registry.cleanup_stale(frozenset({kept.instance_id})) == [
+            stale.instance_id]
+        await until(lambda: gone(stale.pid))
+        assert not gone(kept.pid)
+    finally:
+        await earlier.close()
 
 
 def test_expand_vars() -> None:

@@ -106,6 +106,10 @@ class CgroupRoot:
         # Role ("memory", "cpu", ..., "unified"; "" for v2) -> hierarchy mount point.
         self.mounts = dict(mounts)
         self.kill_file = kill_file
+        # The hierarchy that decides membership: `pids()`, `populated()` and the kill read
+        # it, and processes join it first. A process caught between joining it and joining
+        # the others is therefore still found and killed, never left behind in one of them.
+        self.primary = "" if version == "v2" else "unified" if "unified" in mounts else "freezer"
         self._prepared: set[str] = set()
 
     def __repr__(self) -> str:
@@ -182,7 +186,8 @@ class Cgroup:
         self.parent = parent
         self.name = name
         self._dir = {role: mount / parent / name for role, mount in root.mounts.items()}
-        self.dirs: tuple[Path, ...] = tuple(_unique(self._dir.values()))
+        first = self._dir[root.primary]
+        self.dirs: tuple[Path, ...] = tuple(_unique([first, *self._dir.values()]))
 
     def __repr__(self) -> str:
         return f"Cgroup({self.parent}/{self.name}, {self.root.version})"
@@ -218,12 +223,13 @@ class Cgroup:
         _write(self._path("pids", "pids.max"), str(resources.pids))
 
     def procs_files(self) -> tuple[Path, ...]:
-        """Every `cgroup.procs` a process writes its pid to in order to join."""
+        """Every `cgroup.procs` a process writes its pid to in order to join, in order."""
         return tuple(d / "cgroup.procs" for d in self.dirs)
 
     def pids(self) -> list[int]:
         """Processes in the group (zombies excluded: the kernel drops them at exit)."""
-        return [int(p) for p in _read_or(self._path("pids", "cgroup.procs"), "").split()]
+        procs = self._dir[self.root.primary] / "cgroup.procs"
+        return [int(p) for p in _read_or(procs, "").split()]
 
     def populated(self) -> bool:
         events = self._events_file()

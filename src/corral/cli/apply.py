@@ -92,15 +92,15 @@ def _failures(app: dict[str, Any], since: float) -> list[str]:
 
 
 def _progress(app: dict[str, Any]) -> dict[str, tuple[int, int, bool]]:
-    """service -> (running, desired, settled)."""
+    """service -> (ready, desired, settled): every wanted instance of the current version is
+    ready (running for `update.min_healthy_time`) and nothing old is still stopping."""
     out = {}
     for row in app["services"]:
         mine = [i for i in app["instances"] if i["service"] == row["service"]]
         live = [i for i in mine if i["desired"] == "run"]
-        running = sum(1 for i in live if i["state"] in RUNNING)
         leftovers = [i for i in mine if i["desired"] == "stop"]
-        out[row["service"]] = (running, row["desired"],
-                               running == row["desired"] == len(live) and not leftovers)
+        out[row["service"]] = (row["ready"], row["desired"],
+                               row["ready"] == row["desired"] == len(live) and not leftovers)
     return out
 
 

@@ -22,9 +22,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from corral.model.app import Application, AppStatus
-from corral.model.application import ApplicationSpec
+from corral.model.application import ApplicationSpec, ServiceSpec, service_hash
 from corral.model.codec import load_json, to_data
-from corral.model.instance import InstanceState
+from corral.model.instance import DesiredState, Instance, InstanceState
 from corral.server import keys
 from corral.server.api.deps import check_name, get_ctx
 from corral.server.api.instances import select_instances
@@ -100,7 +100,20 @@ async def _get_app(ctx: ServerContext, name: str, namespace: str) -> Application
     return item.record
 
 
-def _service_rows(app: Application, instances: list[Any]) -> list[dict[str, Any]]:
+def _ready(inst: Instance, spec: ServiceSpec | None, now: float) -> bool:
+    """Running the current version for at least `update.min_healthy_time` (Nomad's rule
+    for an allocation without checks); `healthy` once health checks exist."""
+    if inst.desired != DesiredState.RUN or spec is None or \
+            inst.spec_hash != service_hash(spec):
+        return False
+    if inst.state == InstanceState.HEALTHY:
+        return True
+    return inst.state == InstanceState.RUNNING and inst.started_at is not None and \
+        now - inst.started_at >= spec.update.min_healthy_time
+
+
+def _service_rows(app: Application, instances: list[Instance], now: float
+                  ) -> list[dict[str, Any]]:
     rows = []
     names = sorted(set(app.spec.services) | {i.service for i in instances})
     for svc in names:
@@ -113,6 +126,7 @@ def _service_rows(app: Application, instances: list[Any]) -> list[dict[str, Any]
             "running": sum(1 for i in mine if i.state in (InstanceState.RUNNING,
                                                           InstanceState.HEALTHY)),
             "healthy": sum(1 for i in mine if i.state == InstanceState.HEALTHY),
+            "ready": sum(1 for i in mine if _ready(i, spec, now)),
             "pending": sum(1 for i in mine if i.state == InstanceState.PENDING),
             "failed": sum(1 for i in mine if i.state == InstanceState.FAILED),
             "version": max((i.version for i in mine if i.live), default=app.version),
@@ -120,18 +134,19 @@ def _service_rows(app: Application, instances: list[Any]) -> list[dict[str, Any]
     return rows
 
 
-def _app_view(app: Application, instances: list[Any]) -> dict[str, Any]:
+def _app_view(app: Application, instances: list[Instance], now: float) -> dict[str, Any]:
     return {"name": app.name, "namespace": app.namespace, "version": app.version,
             "status": app.status, "created_at": app.created_at, "updated_at": app.updated_at,
-            "services": _service_rows(app, instances)}
+            "services": _service_rows(app, instances, now)}
 
 
 @router.get("")
 async def list_apps(ctx: Ctx, namespace: str | None = None) -> list[dict[str, Any]]:
     apps, _ = await ctx.records.scan(Application, keys.APPS)
     instances = await select_instances(ctx, namespace=namespace)
+    now = ctx.clock.now()
     return [_app_view(a.record, [i for i in instances if i.app == a.record.name
-                                 and i.namespace == a.record.namespace])
+                                 and i.namespace == a.record.namespace], now)
             for a in apps if namespace is None or a.record.namespace == namespace]
 
 
@@ -139,7 +154,7 @@ async def list_apps(ctx: Ctx, namespace: str | None = None) -> list[dict[str, An
 async def get_app(name: str, ctx: Ctx, namespace: str = "default") -> dict[str, Any]:
     app = await _get_app(ctx, name, namespace)
     instances = await select_instances(ctx, namespace=namespace, app=name)
-    view = _app_view(app, instances)
+    view = _app_view(app, instances, ctx.clock.now())
     view["spec"] = to_data(app.spec)
     view["instances"] = [to_data(i) for i in instances]
     return view
