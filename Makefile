@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := bubblewrap runc redis-server iproute2 procps curl python3
+APT_PACKAGES := bubblewrap runc redis-server iproute2 procps curl python3 python3-venv
 PYTEST_ARGS ?=
 
 .PHONY: deps demo test lint unit down clean
@@ -17,10 +17,10 @@ PYTEST_ARGS ?=
 	    echo "installing Debian packages:" $$missing; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  fi; \
+	  touch $@; \
 	else \
 	  echo "not root: skipping Debian packages ($(APT_PACKAGES)); tests that need them will say so"; \
 	fi
-	@touch $@
 
 .stamp-venv: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)

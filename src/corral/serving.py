@@ -31,8 +31,10 @@ def make_server(app: FastAPI, *, host: str = "127.0.0.1", port: int = 0) -> Embe
 
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket; port 0 picks a free one (read it from getsockname())."""
+    # proto must be IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections
+    # only then, and without it Nagle plus delayed ACKs hold every response body ~40 ms.
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
-                         socket.SOCK_STREAM)
+                         socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(1024)

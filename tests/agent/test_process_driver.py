@@ -336,6 +336,18 @@ async def test_destroy_removes_every_cgroup_and_is_idempotent(
     assert await h.driver.usage(handle) is None
 
 
+async def test_destroy_right_after_start_leaves_nothing(h: Harness,
+                                                        cgroups: CgroupRoot) -> None:
+    # The wrapper may still be joining the groups when destroy comes: it must neither
+    # escape nor keep a group busy.
+    for _ in range(20):
+        config = h.config("sleep", "300")
+        handle = await h.start(config)
+        await h.driver.destroy(handle)
+        await until(lambda: gone(handle.pid))  # noqa: B023 (awaited within the iteration)
+        assert not cgroups.group(PARENT, config.instance_id).exists()
+
+
 async def test_a_restarted_instance_gets_a_fresh_cgroup(h: Harness,
                                                         cgroups: CgroupRoot) -> None:
     config = h.config("sh", "-c", "sleep 300 & echo started")

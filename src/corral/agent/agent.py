@@ -129,6 +129,8 @@ class Agent:
                 delay = min(delay * 2, 5.0)
                 continue
             index = int(answer["index"])
+            log.debug("assignments at index %d: %d instances", index,
+                      len(answer["instances"]))
             instances = [from_data(Instance, i) for i in answer["instances"]]
             await self.reconcile(instances)
 

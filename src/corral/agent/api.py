@@ -19,11 +19,16 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from corral.agent.logs import follow_logs, read_logs
+from corral.agent.logs import LogLine, follow_logs, read_logs
 
 __all__ = ["create_agent_app"]
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def _encode(line: LogLine) -> bytes:
+    return (json.dumps({"time": line.time, "stream": line.stream, "text": line.text})
+            + "\n").encode()
 
 
 def create_agent_app(*, token: str, log_dir_of: Callable[[str], Path]) -> FastAPI:
@@ -60,15 +65,13 @@ def create_agent_app(*, token: str, log_dir_of: Callable[[str], Path]) -> FastAP
         streams = (stream,) if stream else ("stdout", "stderr")
 
         async def body() -> AsyncIterator[bytes]:
-            last = since
-            for line in read_logs(log_dir, streams=streams, since=since, tail=tail):
-                last = line.time
-                yield (json.dumps({"time": line.time, "stream": line.stream,
-                                   "text": line.text}) + "\n").encode()
             if follow:
-                async for line in follow_logs(log_dir, streams=streams, since=last):
-                    yield (json.dumps({"time": line.time, "stream": line.stream,
-                                       "text": line.text}) + "\n").encode()
+                async for line in follow_logs(log_dir, streams=streams, since=since,
+                                              tail=tail):
+                    yield _encode(line)
+            else:
+                for line in read_logs(log_dir, streams=streams, since=since, tail=tail):
+                    yield _encode(line)
 
         return StreamingResponse(body(), media_type="application/x-ndjson")
 

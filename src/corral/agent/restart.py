@@ -27,9 +27,11 @@ class RestartDecision:
 
 
 def decide_restart(policy: RestartSpec, *, succeeded: bool, exit_reason: str,
-                   ran_for: float, recent_restarts: Sequence[float], now: float
+                   quick_exits: int, recent_restarts: Sequence[float], now: float
                    ) -> RestartDecision:
-    """`recent_restarts`: times of earlier restarts of this instance, oldest first."""
+    """`quick_exits`: consecutive earlier runs that ended within `max_backoff` of starting
+    (the caller resets it after a longer run); `recent_restarts`: times of earlier restarts,
+    oldest first."""
     wanted = policy.policy == "always" or (policy.policy == "on-failure" and not succeeded)
     if not wanted:
         return RestartDecision(
@@ -41,9 +43,7 @@ def decide_restart(policy: RestartSpec, *, succeeded: bool, exit_reason: str,
             restart=False, state=InstanceState.FAILED,
             reason=f"{exit_reason}; gave up after {len(in_window)} restarts in "
                    f"{policy.window:g}s")
-    # Consecutive quick failures since the last long run set the backoff exponent.
-    streak = 0 if ran_for >= policy.max_backoff else len(in_window)
-    delay = min(policy.backoff * (2 ** streak), policy.max_backoff)
+    delay = min(policy.backoff * (2 ** min(quick_exits, 32)), policy.max_backoff)
     return RestartDecision(
         restart=True, delay=delay,
         state=InstanceState.EXITED if succeeded else InstanceState.FAILED,

@@ -97,6 +97,7 @@ class Runner:
         self._stop = asyncio.Event()
         self._restarts = instance.restarts
         self._restart_times: list[float] = []
+        self._quick_exits = 0
         self.handle: TaskHandle | None = None
         self.state = instance.state
         self.task: asyncio.Task[None] | None = None
@@ -179,11 +180,13 @@ class Runner:
             succeeded = result is not None and result.exit_code == 0
             exit_code = result.exit_code if result is not None else None
             self._report(S.EXITED, reason, exit_code=exit_code)
+            if self._clock.monotonic() - started >= self.spec.restart.max_backoff:
+                self._quick_exits = 0  # it ran for a while: a new crash starts a new backoff
             decision = decide_restart(self.spec.restart, succeeded=succeeded,
-                                      exit_reason=reason,
-                                      ran_for=self._clock.monotonic() - started,
+                                      exit_reason=reason, quick_exits=self._quick_exits,
                                       recent_restarts=self._restart_times,
                                       now=self._clock.monotonic())
+            self._quick_exits += 1
             if not decision.restart:
                 self._report(decision.state, decision.reason, exit_code=exit_code)
                 return

@@ -144,7 +144,10 @@ def apply(
         die(f"invalid application spec\n{exc}", EXIT_USAGE)
     except OSError as exc:
         die(f"cannot read {file}: {exc.strerror}", EXIT_USAGE)
-    wait_s = parse_duration(timeout)
+    try:
+        wait_s = parse_duration(timeout)
+    except ValueError as exc:
+        die(f"--timeout: {exc}", EXIT_USAGE)
 
     async def run(client: Client) -> tuple[dict[str, Any], bool, list[str], dict[str, Any] | None]:
         resolved = await _upload_artifacts(client, spec, file.resolve().parent,

@@ -15,15 +15,16 @@ __all__ = ["status"]
 
 def status(
     app: str = typer.Argument(None, help="Application name; all when omitted."),
-    namespace: str = typer.Option("default", "-n", "--namespace"),
+    namespace: str = typer.Option(None, "-n", "--namespace",
+                                  help="Only this namespace (default: all; with APP: default)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show applications and their services."""
 
     async def run(client: Client) -> list[dict[str, Any]]:
         if app:
-            return [await client.get_app(app, namespace)]
-        return list(await client.list_apps())
+            return [await client.get_app(app, namespace or "default")]
+        return list(await client.list_apps(namespace))
 
     apps = call(run)
     if as_json:

@@ -50,6 +50,21 @@ def _wait_healthy(url: str, timeout: float) -> bool:
     return False
 
 
+def _wait_node(url: str, token: str, timeout: float) -> bool:
+    """Until the agent has registered its node, so the next `apply` can place."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            resp = httpx.get(f"{url}/v1/nodes", timeout=1,
+                             headers={"authorization": f"Bearer {token}"})
+            if resp.status_code == 200 and resp.json():
+                return True
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.05)
+    return False
+
+
 def _write_state(data_dir: Path, state: dict[str, Any]) -> None:
     tmp = data_dir / (STATE_FILE + ".tmp")
     tmp.write_text(json.dumps(state))
@@ -70,6 +85,9 @@ def up(
     data = (data_dir or default_data_dir()).resolve()
     data.mkdir(parents=True, exist_ok=True)
     addr = f"http://127.0.0.1:{port}"
+    if _wait_healthy(addr, 0.2):
+        die(f"something already answers at {addr}: a cluster is running (`corral down` "
+            "stops one started with --detach), or pick another --port", EXIT_FAILED)
     token = load_or_create_token(data / "server")
     config_file = write_config(ClientConfig(addr=addr, token=token))
     if detach:
@@ -78,8 +96,9 @@ def up(
         log = open(data / "up.log", "ab")  # noqa: SIM115 - owned by the child
         proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
-        if not _wait_healthy(addr, 30):
-            die(f"the cluster did not come up; see {data / 'up.log'}", EXIT_FAILED)
+        if not _wait_healthy(addr, 30) or not _wait_node(addr, token, 30):
+            die(f"the cluster did not come up; see {data / 'up.log'} and "
+                f"{data / 'logs'}", EXIT_FAILED)
         info = {"addr": addr, "config": str(config_file), "data_dir": str(data), "pid": proc.pid}
         if as_json:
             print_json(info)
@@ -95,7 +114,7 @@ def _supervise(data: Path, addr: str, port: int, name: str, cgroup_parent: str,
     server_args = ["server", "--data-dir", str(data / "server"), "--port", str(port)]
     agent_args = ["agent", "--server", addr, "--token-file", str(data / "server" /
                                                                  "admin-token"),
-                  "--data-dir", str(data / "agent"), "--name", name, "--address",
+                  "--data-dir", str(data / "agent"), "--name", name, "--log-level", os.environ.get("CORRAL_AGENT_LOG_LEVEL", "info"), "--address",
                   "127.0.0.1", "--stop-instances-on-exit", "--cgroup-parent", cgroup_parent]
     specs = {"server": server_args, "agent": agent_args}
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -169,6 +188,9 @@ def down(
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and (data / STATE_FILE).exists():
         time.sleep(0.1)
+    if (data / STATE_FILE).exists():
+        die(f"cluster supervisor {pid} is still stopping after 90s; see {data / 'up.log'}",
+            EXIT_FAILED)
     if as_json:
         print_json({"stopped": True, "pid": pid})
     else:

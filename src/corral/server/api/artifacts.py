@@ -39,6 +39,15 @@ def _digest(value: str) -> str:
         raise ApiError(400, str(exc)) from exc
 
 
+def _fsync_dir(path: Path) -> None:
+    # The rename is durable only once the directory entry is on disk.
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def blob_path(ctx: ServerContext, digest: str) -> Path:
     hexd = digest.removeprefix("sha256:")
     return ctx.config.artifacts_dir / hexd[:2] / hexd
@@ -74,6 +83,7 @@ async def upload(digest: str, request: Request, ctx: Ctx) -> dict[str, Any]:
         except ArchiveError as exc:
             raise ApiError(422, f"rejected artifact: {exc}") from exc
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
     meta = {"digest": digest, "size": size, "files": info.files, "uploaded_at": ctx.clock.now()}

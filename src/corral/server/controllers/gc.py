@@ -1,7 +1,8 @@
 """Garbage collection: forgets instances that ended long ago and events beyond retention.
 
 Stopped and lost instances stay visible to `corral ps -a` for `terminal_retention`
-seconds; the newest `event_retention` events are kept for replay.
+seconds; the newest `event_retention` events are kept for replay; the store keeps the last
+`history_retention` revisions of change history.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ async def reconcile_gc(ctx: ServerContext) -> None:
         txn.delete(kv.key)
     if txn.ops:
         await txn.commit()
+    # Bound the store's change history; watchers further behind re-list (CompactedError).
+    revision = await ctx.store.revision()
+    if revision > ctx.config.history_retention:
+        await ctx.store.compact(revision - ctx.config.history_retention)
 
 
 CONTROLLER = Controller(name="gc", watches=(), reconcile=reconcile_gc, resync=60.0)
