@@ -3,14 +3,13 @@ reach every instance, crash one, scale, delete, and watch failure modes."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
+import shutil
 import signal
 import tarfile
-import io
-import time
-import hashlib
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -143,14 +142,14 @@ def test_delete_stops_every_process_and_removes_cgroups(cluster: LocalCluster,
     (daemon / "run.sh").write_text(
         "#!/bin/sh\n(setsid sh -c 'sleep 1000 & echo $! > daemon.pid' &)\n"
         "exec python3 -c 'import time; print(\"up\", flush=True); time.sleep(1000)'\n")
-    spec = write_spec(tmp_path, "gone", f"""
+    spec = write_spec(tmp_path, "gone", """
 name: gone
 services:
   d:
     instances: 2
     artifact: ./daemon
     command: [sh, run.sh]
-    resources: {{cpu: 0.05, memory: 32MiB}}
+    resources: {cpu: 0.05, memory: 32MiB}
 """)
     cluster.corral("apply", "-f", str(spec), "--timeout", "60s", check=True)
     insts = running(cluster, "gone")

@@ -33,16 +33,24 @@ async def test_health_needs_no_token_but_everything_else_does(srv: ServerHarness
     assert (await anon.request("GET", "/healthz")) == {"ok": True}
     for method, path in [("GET", "/v1/apps"), ("GET", "/v1/nodes"), ("GET", "/v1/events"),
                          ("POST", "/v1/apps"), ("GET", "/v1/instances"), ("GET", "/metrics"),
-                         ("GET", "/v1/status")]:
+                         ("GET", "/v1/status"), ("GET", "/openapi.json"),
+                         ("GET", "/docs")]:
         with pytest.raises(ApiError) as err:
             await anon.request(method, path)
-        assert err.value.status == 401, path
+        assert err.value.status in ((401, 404) if path == "/docs" else (401,)), path
     await anon.close()
 
 
+async def test_openapi_spec_is_served_with_a_token(srv: ServerHarness) -> None:
+    spec = await srv.client.request("GET", "/openapi.json")
+    assert spec["info"]["title"] == "Corral"
+    assert {"/v1/apps", "/v1/instances", "/v1/nodes", "/v1/events"} <= set(spec["paths"])
+
+
 async def test_wrong_token_is_refused(srv: ServerHarness) -> None:
-    from corral.client import Client, ClientConfig
     import httpx
+
+    from corral.client import Client, ClientConfig
 
     bad = Client(ClientConfig(addr="http://corral", token="nope"),
                  transport=httpx.ASGITransport(app=srv.app))

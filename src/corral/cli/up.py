@@ -114,8 +114,9 @@ def _supervise(data: Path, addr: str, port: int, name: str, cgroup_parent: str,
     server_args = ["server", "--data-dir", str(data / "server"), "--port", str(port)]
     agent_args = ["agent", "--server", addr, "--token-file", str(data / "server" /
                                                                  "admin-token"),
-                  "--data-dir", str(data / "agent"), "--name", name, "--log-level", os.environ.get("CORRAL_AGENT_LOG_LEVEL", "info"), "--address",
-                  "127.0.0.1", "--stop-instances-on-exit", "--cgroup-parent", cgroup_parent]
+                  "--data-dir", str(data / "agent"), "--name", name, "--address",
+                  "127.0.0.1", "--stop-instances-on-exit", "--cgroup-parent", cgroup_parent,
+                  "--log-level", os.environ.get("CORRAL_AGENT_LOG_LEVEL", "info")]
     specs = {"server": server_args, "agent": agent_args}
     procs: dict[str, subprocess.Popen[bytes]] = {}
     backoff = {"server": 0.5, "agent": 0.5}

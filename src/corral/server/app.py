@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from fastapi import Depends, FastAPI
 
@@ -49,8 +50,11 @@ def create_app(ctx: ServerContext, *, controllers: Sequence[Controller] = CONTRO
             await asyncio.gather(*tasks, return_exceptions=True)
             await ctx.hub.stop()
 
+    # The spec is served by our own route below, behind the token like everything but
+    # /healthz; FastAPI's public /openapi.json, /docs and /redoc are switched off.
     app = FastAPI(title="Corral", version=__version__, lifespan=lifespan,
-                  description="Run a multi-service application on a cluster from one file.")
+                  description="Run a multi-service application on a cluster from one file.",
+                  openapi_url=None, docs_url=None, redoc_url=None)
     app.state.ctx = ctx
     app.state.token = ctx.config.token
     install_error_handlers(app)
@@ -58,4 +62,9 @@ def create_app(ctx: ServerContext, *, controllers: Sequence[Controller] = CONTRO
     auth = [Depends(require_token)]
     for module in (system, apps, instances, nodes, events, artifacts):
         app.include_router(module.router, dependencies=auth)
+
+    @app.get("/openapi.json", dependencies=auth, include_in_schema=False)
+    async def openapi() -> dict[str, Any]:
+        return app.openapi()
+
     return app

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,14 +120,10 @@ def _kill_cgroups(parent: str) -> None:
     for d in _cgroup_dirs(parent):
         for sub in sorted(d.rglob("*"), key=lambda p: len(p.parts), reverse=True):
             if sub.is_dir():
-                try:
+                with suppress(OSError):
                     sub.rmdir()
-                except OSError:
-                    pass
-        try:
+        with suppress(OSError):
             d.rmdir()
-        except OSError:
-            pass
 
 
 @contextmanager
@@ -169,9 +165,7 @@ def local_cluster(root: Path, *, name: str = "local") -> Iterator[LocalCluster]:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         _kill_cgroups(parent)
         log.close()
