@@ -207,6 +207,9 @@ class Agent:
                 if path.name not in known and path.name not in self.runners:
                     shutil.rmtree(path, ignore_errors=True)
 
+    def runners_alive(self) -> bool:
+        return any(not r.done for r in self.runners.values())
+
     async def shutdown(self, *, stop_instances: bool) -> None:
         """On agent exit: stop every instance only if asked (`corral up` does on Ctrl-C)."""
         if stop_instances:

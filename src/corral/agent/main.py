@@ -66,6 +66,8 @@ async def serve_agent(opts: AgentOptions) -> None:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await agent.shutdown(stop_instances=opts.stop_instances_on_exit)
+    if opts.stop_instances_on_exit and not agent.runners_alive():
+        await registry.remove_parent()
     http.should_exit = True
     with contextlib.suppress(Exception):
         await asyncio.wait_for(http_task, 5)

@@ -25,7 +25,7 @@ def nodes(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
         print_json(items)
         return
     table(("NAME", "ADDRESS", "STATE", "CPU (ALLOC/CAP)", "MEMORY (ALLOC/CAP)", "INSTANCES",
-           "DRIVERS", "LABELS", "HEARTBEAT"),
+           "DRIVERS", "LABELS", "AGE"),
           [(n["name"], n["address"], n["state"],
             f"{n['allocated']['cpu']:g}/{n['capacity']['cpu']:g}",
             f"{format_size(n['allocated']['memory'])}/{format_size(n['capacity']['memory'])}",
@@ -33,4 +33,4 @@ def nodes(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
             ",".join(sorted(d for d, why in n["drivers"].items() if not why)) or
             n["default_driver"],
             ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items())),
-            ago(n["heartbeat_at"])) for n in items])
+            ago(n["registered_at"])) for n in items])

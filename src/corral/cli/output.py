@@ -26,7 +26,9 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_NOT_FOUND = 4
 
-console = Console(highlight=False, soft_wrap=True)
+# Piped output is never wrapped (like kubectl): a table row stays one line for grep and awk.
+console = Console(highlight=False, soft_wrap=True,
+                  width=None if sys.stdout.isatty() else 10_000)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -38,7 +40,7 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str |
           ) -> None:
     t = Table(title=title, box=None, header_style="bold", pad_edge=False, show_edge=False)
     for c in columns:
-        t.add_column(c, overflow="fold")
+        t.add_column(c, no_wrap=True, overflow="ellipsis")
     for row in rows:
         t.add_row(*("-" if v is None or v == "" else str(v) for v in row))
     console.print(t)

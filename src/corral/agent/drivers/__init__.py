@@ -43,6 +43,11 @@ class DriverRegistry:
             return []
         return await self.cgroups.remove_stale(self.cgroup_parent, set(keep))
 
+    async def remove_parent(self) -> None:
+        """After every instance stopped: remove the (now empty) parent group too."""
+        if not isinstance(self.cgroups, NoCgroups):
+            await self.cgroups.remove_parent(self.cgroup_parent)
+
 
 def make_drivers(*, cgroup_parent: str = "corral", cgroups: CgroupRoot | NoCgroups | None = None,
                  clock: Callable[[], float] = time.time) -> DriverRegistry:
