@@ -22,6 +22,7 @@ from corral.agent.cgroups import (
     detect,
 )
 from corral.model.application import Resources
+from corral.testing.cgroups import real_cgroups
 
 MiB = 1024 * 1024
 PARENT = f"corral-test-{os.getpid()}-cg"
@@ -31,17 +32,7 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture(scope="module")
 def real() -> Iterator[CgroupRoot]:
-    if os.geteuid() != 0:
-        pytest.skip(f"needs root: cgroups are written (euid {os.geteuid()})")
-    found = detect()
-    if isinstance(found, NoCgroups):
-        pytest.skip(f"needs cgroups: {found.reason}")
-    try:
-        yield found
-    finally:
-        # Always, also after a failure: kill what is left, remove every group and the parent.
-        asyncio.run(found.remove_parent(PARENT))
-        assert not any(d.exists() for d in found.parent_dirs(PARENT))
+    yield from real_cgroups(PARENT)
 
 
 def spawn_in(group: Cgroup, script: str) -> subprocess.Popen[bytes]:

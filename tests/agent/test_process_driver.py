@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.agent.cgroups import CgroupRoot, NoCgroups, detect
+from corral.agent.cgroups import CgroupRoot, NoCgroups
 from corral.agent.drivers import DRIVERS, make_drivers
 from corral.agent.drivers.base import (
     Driver,
@@ -32,6 +32,7 @@ from corral.agent.drivers.base import (
 from corral.agent.drivers.process import ProcessDriver
 from corral.agent.logs import read_logs
 from corral.model.application import Resources
+from corral.testing.cgroups import real_cgroups
 
 MiB = 1024 * 1024
 PARENT = f"corral-test-{os.getpid()}-drv"
@@ -44,17 +45,7 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture(scope="module")
 def cgroups() -> Iterator[CgroupRoot]:
-    if os.geteuid() != 0:
-        pytest.skip(f"needs root: the driver writes cgroups (euid {os.geteuid()})")
-    found = detect()
-    if isinstance(found, NoCgroups):
-        pytest.skip(f"needs cgroups: {found.reason}")
-    try:
-        yield found
-    finally:
-        # Always, also after a failure: kill every instance left and remove the groups.
-        asyncio.run(found.remove_parent(PARENT))
-        assert not any(d.exists() for d in found.parent_dirs(PARENT))
+    yield from real_cgroups(PARENT)
 
 
 class Harness:
