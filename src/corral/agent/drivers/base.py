@@ -16,6 +16,7 @@ Neighbours: `drivers/__init__.py` (the registry), `drivers/process.py`, `agent/c
 
 from __future__ import annotations
 
+import json
 import re
 import signal as signals
 from collections.abc import Mapping
@@ -66,6 +67,15 @@ class TaskConfig:
     stop_signal: str = "SIGTERM"
     stop_timeout: float = 5.0
     isolation: IsolationSpec = field(default_factory=IsolationSpec)
+    # Where the driver keeps this instance's runtime files (supervisor state, exit status,
+    # OCI bundle); survives an agent restart. None: `log_dir.parent / "run"`.
+    run_dir: Path | None = None
+    # A user rootfs directory (already unpacked) for drivers that can use one (`oci`).
+    rootfs: Path | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        return self.run_dir if self.run_dir is not None else self.log_dir.parent / "run"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,6 +89,18 @@ class TaskHandle:
     pid: int
     started_at: float
     data: dict[str, JSONScalar] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"driver": self.driver, "instance_id": self.instance_id,
+                           "pid": self.pid, "started_at": self.started_at,
+                           "data": self.data}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TaskHandle:
+        raw = json.loads(text)
+        return cls(driver=str(raw["driver"]), instance_id=str(raw["instance_id"]),
+                   pid=int(raw["pid"]), started_at=float(raw["started_at"]),
+                   data=dict(raw.get("data", {})))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,6 +139,13 @@ class Driver(Protocol):
 
     async def wait(self, handle: TaskHandle) -> ExitResult:
         """Until the instance's main process has ended; may be called several times."""
+        ...
+
+    async def recover(self, handle: TaskHandle) -> bool:
+        """Re-attach to an instance an earlier agent process started (`handle` read back
+        from JSON). True when it still runs or its exit status was recorded while no agent
+        watched (`wait` then returns it); False when nothing is known of it (the caller then
+        calls `destroy`)."""
         ...
 
     async def signal(self, handle: TaskHandle, sig: int) -> None:

@@ -224,6 +224,11 @@ class ProcessDriver:
                                memory_limit=_int(handle.data.get("memory_limit")))
         return ExitResult(exit_code=None, signal=None, oom_killed=False, reason=_UNKNOWN_STATUS)
 
+    async def recover(self, handle: TaskHandle) -> bool:
+        # Without a supervisor between us and the process, only a live process can be
+        # watched again (its exit status will be unknown).
+        return _alive(handle)
+
     async def signal(self, handle: TaskHandle, sig: int) -> None:
         if _alive(handle):
             with contextlib.suppress(ProcessLookupError):
