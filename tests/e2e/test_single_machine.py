@@ -271,3 +271,37 @@ def _try(fn: Any) -> Any:
         return fn()
     except (AssertionError, OSError, ValueError, httpx.HTTPError):
         return None
+
+
+def test_agent_kill_9_keeps_instances_and_adopts_them(fresh_cluster: LocalCluster,
+                                                      tmp_path: Path, web_dir: Path) -> None:
+    cluster = fresh_cluster
+    spec = write_spec(tmp_path, "adopt", web_spec("adopt", web_dir, 5))
+    cluster.corral("apply", "-f", str(spec), "--timeout", "60s", check=True)
+    before = {i["id"]: i for i in running(cluster, "adopt")}
+    assert len(before) == 5
+    agent_pid = cluster.state()["agent_pid"]
+    os.kill(agent_pid, signal.SIGKILL)
+    # while no agent watches: every instance keeps serving, and one of them exits with 3
+    victim = sorted(before)[0]
+    for inst in before.values():
+        if inst["id"] != victim:
+            assert get(inst["ports"]["http"])["pid"] == inst["pid"]
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{before[victim]['ports']['http']}/exit/3", timeout=5)
+    cluster.wait_for(lambda: cluster.state()["agent_pid"] != agent_pid, 30,
+                     "the supervisor to restart the agent")
+    restarted = cluster.wait_for(
+        lambda: [i for i in running(cluster, "adopt") if i["id"] == victim
+                 and i["restarts"] == 1], 30, "the exited instance to be restarted")
+    assert restarted[0]["pid"] != before[victim]["pid"]
+    after = {i["id"]: i for i in running(cluster, "adopt")}
+    for iid, inst in before.items():
+        if iid == victim:
+            continue
+        assert after[iid]["pid"] == inst["pid"] and after[iid]["restarts"] == 0
+        assert get(inst["ports"]["http"])["pid"] == inst["pid"]
+    events = cluster.corral_json("events", "--topic", "instance", "--key", victim)
+    assert any(e["type"] == "exited" and "code 3" in e["message"] for e in events), events
+    adopted = cluster.corral_json("events", "--topic", "instance")
+    assert sum(1 for e in adopted if "adopted" in e["message"]) >= 4

@@ -268,3 +268,27 @@ async def test_long_poll_returns_on_change(srv: ServerHarness) -> None:
     answer = await asyncio.wait_for(waiter, 10)
     assert answer["index"] > first["index"]
     assert len(answer["instances"]) == 3
+
+
+async def test_usage_is_kept_per_node_and_shown_in_views(srv: ServerHarness) -> None:
+    await srv.client.register_node(NODE)
+    await srv.client.register_node({**NODE, "name": "n2"})
+    await srv.client.apply({**WEB, "services": {"web": {**WEB["services"]["web"],
+                                                          "instances": 1}}})
+    await srv.reconcile()
+    [inst] = await srv.client.list_instances()
+    other = "n2" if inst["node"] == "n1" else "n1"
+    assert inst["usage_cpu"] is None and inst["usage_memory"] is None
+    # another node cannot report for it
+    answer = await srv.client.report_usage(other, {inst["id"]: {"cpu": 9.0, "memory": 1}})
+    assert answer == {"accepted": 0}
+    answer = await srv.client.report_usage(inst["node"], {
+        inst["id"]: {"cpu": 0.25, "memory": 50 << 20, "pids": 3}, "unknown": {"memory": 1}})
+    assert answer == {"accepted": 1}
+    got = await srv.client.get_instance(inst["id"])
+    assert got["usage_cpu"] == 0.25 and got["usage_memory"] == 50 << 20
+    node = next(n for n in await srv.client.list_nodes() if n["name"] == inst["node"])
+    assert node["used"] == {"cpu": 0.25, "memory": 50 << 20}
+    with pytest.raises(ApiError) as err:
+        await srv.client.report_usage(inst["node"], {inst["id"]: {"memory": -1}})
+    assert err.value.status == 422

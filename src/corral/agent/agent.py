@@ -18,12 +18,13 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from corral.agent.artifacts import ArtifactCache
-from corral.agent.drivers.base import Driver
+from corral.agent.drivers.base import Driver, TaskHandle
 from corral.agent.reporter import StatusReporter
 from corral.agent.runner import InstanceDirs, Runner
 from corral.client.http import ApiError, Client, Unreachable
@@ -66,10 +67,37 @@ class Agent:
         self.runners: dict[str, Runner] = {}
         self._finished: set[str] = set()
         self._specs: dict[tuple[str, str, int], ApplicationSpec] = {}
+        self._recovered: dict[str, TaskHandle] = {}
+        self._orphans: set[asyncio.Task[None]] = set()
+        self._usage: dict[str, tuple[float, float]] = {}  # id -> (cpu seconds, monotonic)
         self._lease_id = 0
         self._registered = asyncio.Event()
         self.artifacts = ArtifactCache(config.data_dir / "artifacts",
                                        fetch=self._fetch_artifact)
+
+    async def recover_local(self) -> frozenset[str]:
+        """Before registering: find the instances an earlier agent process left running
+        (their `handle.json`), ask their driver to re-attach, and forget what it cannot.
+        Returns the ids recovered; their cgroups must survive the stale-group cleanup."""
+        root = self.config.data_dir / "instances"
+        for path in sorted(root.glob("*/handle.json")) if root.exists() else ():
+            try:
+                handle = TaskHandle.from_json(path.read_text())
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("unreadable handle %s: %s", path, exc)
+                path.unlink(missing_ok=True)
+                continue
+            driver = self._drivers.get(handle.driver)
+            if driver is not None and await driver.recover(handle):
+                self._recovered[handle.instance_id] = handle
+                log.info("recovered instance %s (pid %d)", handle.instance_id, handle.pid,
+                         extra={"instance": handle.instance_id})
+                continue
+            if driver is not None:
+                with contextlib.suppress(Exception):
+                    await driver.destroy(handle)
+            path.unlink(missing_ok=True)
+        return frozenset(self._recovered)
 
     async def _fetch_artifact(self, digest: str, dest: Path) -> None:
         await self._client.download_artifact(digest, dest)
@@ -160,7 +188,19 @@ class Agent:
         for iid, runner in self.runners.items():
             if iid not in wanted:
                 runner.request_stop()
+        for iid in [i for i in self._recovered if i not in wanted]:
+            # Left running by an earlier agent, no longer assigned here: stop it.
+            self._orphans.add(asyncio.create_task(self._stop_orphan(self._recovered.pop(iid))))
         self._finished &= set(wanted)
+
+    async def _stop_orphan(self, handle: TaskHandle) -> None:
+        driver = self._drivers[handle.driver]
+        try:
+            await driver.stop(handle, signal=signal.SIGTERM, timeout=10.0)
+        finally:
+            await driver.destroy(handle)
+            self.dirs(handle.instance_id).handle.unlink(missing_ok=True)
+            log.info("stopped unassigned instance %s", handle.instance_id)
 
     async def _report_once(self, inst: Instance, state: InstanceState, reason: str) -> None:
         with contextlib.suppress(ApiError, Unreachable):
@@ -186,10 +226,13 @@ class Agent:
             await reporter.close()
             self._finished.add(inst.id)
             return
+        adopt = self._recovered.pop(inst.id, None)
+        if adopt is not None and adopt.driver != driver_name:
+            driver = self._drivers[adopt.driver]
         runner = Runner(instance=inst, spec=spec, driver=driver, reporter=reporter,
                         artifacts=self.artifacts, dirs=self.dirs(inst.id), clock=self._clock,
                         node=self.config.name, host_ip=self.config.address,
-                        artifact_max_bytes=self.config.artifact_max_bytes)
+                        artifact_max_bytes=self.config.artifact_max_bytes, adopt=adopt)
         self.runners[inst.id] = runner
         runner.start()
 
@@ -211,10 +254,44 @@ class Agent:
         return any(not r.done for r in self.runners.values())
 
     async def shutdown(self, *, stop_instances: bool) -> None:
-        """On agent exit: stop every instance only if asked (`corral up` does on Ctrl-C)."""
+        """On agent exit: stop every instance if asked (`corral up` does on Ctrl-C), else
+        leave them running for the next agent process to adopt."""
         if stop_instances:
             for runner in self.runners.values():
                 runner.request_stop()
             tasks = [r.task for r in self.runners.values() if r.task is not None]
             if tasks:
-                await asyncio.wait(tasks, timeout=30)
+                await asyncio.wait(tasks, timeout=60)
+        await asyncio.gather(*(r.detach() for r in self.runners.values()))
+
+    async def usage_loop(self, interval: float = 10.0) -> None:
+        """Every `interval`: cpu (cores, averaged since the last sample) and memory of each
+        running instance, from its cgroup, sent in one request. Kept in the server's
+        memory, not its store: it is a gauge, not state."""
+        while True:
+            await self._registered.wait()
+            report = await self.sample_usage()
+            if report:
+                with contextlib.suppress(Unreachable, ApiError):
+                    await self._client.report_usage(self.config.name, report)
+            await asyncio.sleep(interval)
+
+    async def sample_usage(self) -> dict[str, dict[str, float | int | None]]:
+        report: dict[str, dict[str, float | int | None]] = {}
+        now = self._clock.monotonic()
+        for iid, runner in list(self.runners.items()):
+            handle = runner.handle
+            if handle is None:
+                continue
+            u = await self._drivers[handle.driver].usage(handle)
+            if u is None:
+                continue
+            prev = self._usage.get(iid)
+            self._usage[iid] = (u.cpu_seconds, now)
+            cpu = None
+            if prev is not None and now > prev[1] and u.cpu_seconds >= prev[0]:
+                cpu = (u.cpu_seconds - prev[0]) / (now - prev[1])
+            report[iid] = {"cpu": cpu, "memory": u.memory, "pids": u.pids}
+        for iid in set(self._usage) - set(self.runners):
+            del self._usage[iid]
+        return report

@@ -35,11 +35,11 @@ class AgentOptions:
     http_port: int
     cgroup_parent: str
     stop_instances_on_exit: bool
+    usage_interval: float = 10.0
 
 
 async def serve_agent(opts: AgentOptions) -> None:
     registry = make_drivers(cgroup_parent=opts.cgroup_parent)
-    await registry.cleanup_stale()
     sock = bind_socket(opts.http_host, opts.http_port)
     agent_url = f"http://{opts.config.address}:{sock.getsockname()[1]}"
     config = dataclasses.replace(opts.config, agent_url=agent_url)
@@ -47,6 +47,12 @@ async def serve_agent(opts: AgentOptions) -> None:
     agent = Agent(config=config, client=client, drivers=registry.usable,
                   default_driver=registry.default, driver_status=registry.status,
                   clock=SystemClock())
+    # Adopt what an earlier agent left running, then kill every other instance group: no
+    # instance is ever left running unsupervised.
+    recovered = await agent.recover_local()
+    stale = await registry.cleanup_stale(keep=recovered)
+    log.info("start-up: %d instances adopted, %d stale groups removed", len(recovered),
+             len(stale))
     http = make_server(create_agent_app(token=opts.token,
                                         log_dir_of=lambda iid: agent.dirs(iid).logs))
     stop = asyncio.Event()
@@ -59,7 +65,7 @@ async def serve_agent(opts: AgentOptions) -> None:
     await agent.register()
     tasks = [asyncio.create_task(c, name=n) for n, c in (
         ("heartbeat", agent.heartbeat_loop()), ("watch", agent.watch_loop()),
-        ("gc", agent.gc_loop()))]
+        ("gc", agent.gc_loop()), ("usage", agent.usage_loop(opts.usage_interval)))]
     await stop.wait()
     log.info("agent stopping", extra={"stop_instances": opts.stop_instances_on_exit})
     for t in tasks:

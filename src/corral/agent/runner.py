@@ -2,10 +2,14 @@
 
 ```
  (assigned) -> fetching -> starting -> running --exit--> exited --policy--> starting ...
-                  |            |          |                 |
-                  v            v          |                 +--> failed | exited (final)
-               failed       failed        +--stop--> stopping -> stopped
+                  |            |          ^  |              |
+                  v            v          |  |              +--> failed | exited (final)
+               failed       failed        |  +--stop--> stopping -> stopped
+ (adopted: a handle.json an earlier agent left, recovered by the driver) --+
 ```
+The driver's handle is written to `handle.json` the moment an instance starts and removed
+when it is destroyed, so an agent that restarts (even after `kill -9`) finds and adopts
+every instance still running, or learns the exit status of one that ended meanwhile.
 Every transition is reported to the server (which records it and emits an event). A stop
 request wins over everything: during a fetch, a backoff or a run. Restart decisions are
 made by the pure `agent/restart.py`.
@@ -54,6 +58,14 @@ class InstanceDirs:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def handle(self) -> Path:
+        return self.root / "handle.json"
+
 
 def build_env(inst: Instance, spec: ServiceSpec, *, node: str, host_ip: str,
               task_dir: Path) -> dict[str, str]:
@@ -83,7 +95,8 @@ def _signal_number(name: str) -> int:
 class Runner:
     def __init__(self, *, instance: Instance, spec: ServiceSpec, driver: Driver,
                  reporter: StatusReporter, artifacts: ArtifactCache, dirs: InstanceDirs,
-                 clock: Clock, node: str, host_ip: str, artifact_max_bytes: int) -> None:
+                 clock: Clock, node: str, host_ip: str, artifact_max_bytes: int,
+                 adopt: TaskHandle | None = None) -> None:
         self.instance = instance
         self.spec = spec
         self._driver = driver
@@ -99,6 +112,7 @@ class Runner:
         self._restart_times: list[float] = []
         self._quick_exits = 0
         self.handle: TaskHandle | None = None
+        self._adopt = adopt
         self.state = instance.state
         self.task: asyncio.Task[None] | None = None
 
@@ -107,6 +121,12 @@ class Runner:
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    async def detach(self) -> None:
+        """Stop supervising without stopping the instance (the agent is exiting)."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
 
     @property
     def done(self) -> bool:
@@ -136,38 +156,63 @@ class Runner:
     async def _run(self) -> None:
         try:
             await self._lifecycle()
+        except asyncio.CancelledError:
+            raise  # detached by an agent that exits: the instance runs on, to be adopted
         except Exception as exc:  # a bug or an OS error must not kill the agent
             log.exception("instance %s failed unexpectedly", self.instance.id)
             self._report(S.FAILED, f"agent error: {exc}")
-        finally:
-            await self._reporter.flush()
+        await self._reporter.flush()
+
+    def _config(self) -> TaskConfig:
+        return TaskConfig(
+            instance_id=self.instance.id, command=self.spec.command,
+            env=build_env(self.instance, self.spec, node=self._node, host_ip=self._host_ip,
+                          task_dir=self.dirs.task),
+            task_dir=self.dirs.task, log_dir=self.dirs.logs, run_dir=self.dirs.run,
+            resources=self.spec.resources, stop_signal=self.spec.stop_signal,
+            stop_timeout=self.spec.stop_timeout, isolation=self.spec.isolation)
+
+    async def _launch(self) -> TaskHandle:
+        handle = await self._driver.start(self._config())
+        # Saved before anything else can happen: a restarted agent adopts from this file.
+        tmp = self.dirs.handle.with_suffix(".tmp")
+        tmp.write_text(handle.to_json())
+        os.replace(tmp, self.dirs.handle)
+        return handle
+
+    async def _release(self, handle: TaskHandle) -> None:
+        await self._driver.destroy(handle)
+        self.dirs.handle.unlink(missing_ok=True)
 
     async def _lifecycle(self) -> None:
-        if self.instance.state in (S.FETCHING, S.STARTING, S.RUNNING, S.HEALTHY, S.UNHEALTHY):
-            # A previous agent process ran it; its process was cleaned up at start-up.
-            self._report(S.EXITED, "agent restarted; the instance is started again")
-        if not await self._prepare():
-            return
+        adopted = self._adopt
+        if adopted is None:
+            if self.instance.state in (S.FETCHING, S.STARTING, S.RUNNING, S.HEALTHY,
+                                       S.UNHEALTHY):
+                # An earlier agent process ran it and nothing of it could be recovered.
+                self._report(S.EXITED, "agent restarted and found no trace of the process; "
+                                       "starting it again")
+            if not await self._prepare():
+                return
         while True:
-            if self._stop.is_set():
+            if self._stop.is_set() and adopted is None:
                 self._report(S.STOPPED, "stop requested")
                 return
-            self._report(S.STARTING)
-            config = TaskConfig(
-                instance_id=self.instance.id, command=self.spec.command,
-                env=build_env(self.instance, self.spec, node=self._node, host_ip=self._host_ip,
-                              task_dir=self.dirs.task),
-                task_dir=self.dirs.task, log_dir=self.dirs.logs,
-                resources=self.spec.resources, stop_signal=self.spec.stop_signal,
-                stop_timeout=self.spec.stop_timeout, isolation=self.spec.isolation)
             started = self._clock.monotonic()
-            try:
-                self.handle = await self._driver.start(config)
-            except Exception as exc:
-                result: ExitResult | None = None
-                reason = f"could not start: {exc}"
+            result: ExitResult | None = None
+            if adopted is not None:
+                self.handle, adopted = adopted, None
+                self._report(S.RUNNING, "adopted after an agent restart", pid=self.handle.pid,
+                             started_at=self.handle.started_at)
             else:
-                self._report(S.RUNNING, pid=self.handle.pid, started_at=self._clock.now())
+                self._report(S.STARTING)
+                try:
+                    self.handle = await self._launch()
+                except Exception as exc:
+                    reason = f"could not start: {exc}"
+                else:
+                    self._report(S.RUNNING, pid=self.handle.pid, started_at=self._clock.now())
+            if self.handle is not None:
                 waiter: asyncio.Future[ExitResult] = asyncio.ensure_future(
                     self._driver.wait(self.handle))
                 if await self._until_stop(waiter):
@@ -175,7 +220,7 @@ class Runner:
                     return
                 result = waiter.result()
                 reason = result.reason
-                await self._driver.destroy(self.handle)
+                await self._release(self.handle)
                 self.handle = None
             succeeded = result is not None and result.exit_code == 0
             exit_code = result.exit_code if result is not None else None
@@ -225,14 +270,9 @@ class Runner:
         assert self.handle is not None
         result = await self._driver.stop(self.handle, signal=_signal_number(self.spec.stop_signal),
                                          timeout=self.spec.stop_timeout)
-        await self._driver.destroy(self.handle)
+        await self._release(self.handle)
         self.handle = None
         reason = "stopped" if result is None else f"stopped ({result.reason})"
         self._report(S.STOPPED, reason,
                      exit_code=result.exit_code if result is not None else None)
 
-
-def remove_dirs(dirs: InstanceDirs) -> None:
-    shutil.rmtree(dirs.root, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        os.rmdir(dirs.root.parent)

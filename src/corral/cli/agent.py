@@ -48,8 +48,12 @@ def agent(
     port_range: str = typer.Option("20000-32000", "--port-range"),
     http_port: int = typer.Option(0, "--http-port", help="Agent API port (0: any free)."),
     cgroup_parent: str = typer.Option("corral", "--cgroup-parent"),
-    stop_instances_on_exit: bool = typer.Option(True, "--stop-instances-on-exit/--keep-instances",
-                                                help="Stop instances when the agent exits."),
+    stop_instances_on_exit: bool = typer.Option(
+        False, "--stop-instances-on-exit/--keep-instances",
+        help="Stop instances when the agent exits (default: keep them; the next agent "
+             "process adopts them)."),
+    usage_interval: float = typer.Option(10.0, "--usage-interval",
+                                         help="Seconds between usage reports."),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Run a node agent."""
@@ -77,4 +81,4 @@ def agent(
         config=config, server=server.rstrip("/"), token=token,
         http_host="127.0.0.1" if addr.startswith("127.") else "0.0.0.0",
         http_port=http_port, cgroup_parent=cgroup_parent,
-        stop_instances_on_exit=stop_instances_on_exit)))
+        stop_instances_on_exit=stop_instances_on_exit, usage_interval=usage_interval)))

@@ -24,11 +24,13 @@ def nodes(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
     if as_json:
         print_json(items)
         return
-    table(("NAME", "ADDRESS", "STATE", "CPU (ALLOC/CAP)", "MEMORY (ALLOC/CAP)", "INSTANCES",
+    table(("NAME", "ADDRESS", "STATE", "CPU (USED/ALLOC/CAP)", "MEMORY (USED/ALLOC/CAP)",
+           "INSTANCES",
            "DRIVERS", "LABELS", "AGE"),
           [(n["name"], n["address"], n["state"],
-            f"{n['allocated']['cpu']:g}/{n['capacity']['cpu']:g}",
-            f"{format_size(n['allocated']['memory'])}/{format_size(n['capacity']['memory'])}",
+            f"{n['used']['cpu']:g}/{n['allocated']['cpu']:g}/{n['capacity']['cpu']:g}",
+            f"{format_size(n['used']['memory'])}/{format_size(n['allocated']['memory'])}/"
+            f"{format_size(n['capacity']['memory'])}",
             n["allocated"]["instances"],
             ",".join(sorted(d for d, why in n["drivers"].items() if not why)) or
             n["default_driver"],

@@ -137,6 +137,10 @@ class Client:
         return await self.request("GET", f"/v1/nodes/{name}/instances",
                                   params={"index": index, "wait": wait}, timeout=wait + 15)
 
+    async def report_usage(self, name: str, instances: dict[str, Any]) -> Any:
+        return await self.request("PUT", f"/v1/nodes/{name}/usage",
+                                  json={"instances": instances})
+
     async def list_nodes(self) -> Any:
         return await self.request("GET", "/v1/nodes")
 

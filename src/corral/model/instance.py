@@ -111,8 +111,6 @@ class Instance:
     created_at: float
     updated_at: float
     started_at: float | None = None
-    usage_cpu: float | None = None  # cores, averaged since the last report
-    usage_memory: int | None = None  # bytes
 
     @property
     def live(self) -> bool:

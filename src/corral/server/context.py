@@ -16,7 +16,7 @@ from corral.server.records import Records
 from corral.server.watchhub import WatchHub
 from corral.store.base import Store
 
-__all__ = ["ServerConfig", "ServerContext", "random_id"]
+__all__ = ["InstanceUsage", "ServerConfig", "ServerContext", "random_id"]
 
 
 def random_id() -> str:
@@ -41,6 +41,18 @@ class ServerConfig:
         return self.data_dir / "artifacts"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceUsage:
+    """The latest usage an agent measured for one instance: a gauge kept in memory only
+    (like Kubernetes' metrics-server), never in the store."""
+
+    node: str
+    cpu: float | None  # cores, averaged since the agent's previous sample
+    memory: int  # bytes
+    pids: int
+    time: float
+
+
 @dataclass(slots=True, kw_only=True)
 class ServerContext:
     config: ServerConfig
@@ -49,3 +61,4 @@ class ServerContext:
     hub: WatchHub
     clock: Clock
     new_id: Callable[[], str] = field(default=random_id)
+    usage: dict[str, InstanceUsage] = field(default_factory=dict)

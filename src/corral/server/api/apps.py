@@ -27,7 +27,7 @@ from corral.model.codec import load_json, to_data
 from corral.model.instance import DesiredState, Instance, InstanceState
 from corral.server import keys
 from corral.server.api.deps import check_name, get_ctx
-from corral.server.api.instances import select_instances
+from corral.server.api.instances import instance_view, select_instances
 from corral.server.context import ServerContext
 from corral.server.diff import diff_specs
 from corral.server.errors import ApiError
@@ -156,7 +156,7 @@ async def get_app(name: str, ctx: Ctx, namespace: str = "default") -> dict[str, 
     instances = await select_instances(ctx, namespace=namespace, app=name)
     view = _app_view(app, instances, ctx.clock.now())
     view["spec"] = to_data(app.spec)
-    view["instances"] = [to_data(i) for i in instances]
+    view["instances"] = [instance_view(ctx, i) for i in instances]
     return view
 
 

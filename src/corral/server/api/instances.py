@@ -25,7 +25,7 @@ from corral.server.context import ServerContext
 from corral.server.errors import ApiError
 from corral.server.logs import stream_logs
 
-__all__ = ["router"]
+__all__ = ["instance_view", "router", "select_instances"]
 
 router = APIRouter(prefix="/v1/instances", tags=["instances"])
 Ctx = Annotated[ServerContext, Depends(get_ctx)]
@@ -40,6 +40,17 @@ class StatusBody(BaseModel):
     restarts: int | None = None
     health: str | None = None
     started_at: float | None = None
+
+
+def instance_view(ctx: ServerContext, inst: Instance) -> dict[str, Any]:
+    """The record plus the latest usage its agent measured (`usage_cpu` in cores,
+    `usage_memory` in bytes; None until measured or once it stopped)."""
+    data: dict[str, Any] = to_data(inst)
+    usage = ctx.usage.get(inst.id)
+    live = usage is not None and usage.node == inst.node and inst.state not in TERMINAL_STATES
+    data["usage_cpu"] = usage.cpu if live and usage else None
+    data["usage_memory"] = usage.memory if live and usage else None
+    return data
 
 
 def sort_key(i: Instance) -> tuple[str, str, str, int, float]:
@@ -68,7 +79,7 @@ async def list_instances(ctx: Ctx, app: str | None = None, namespace: str | None
                          all: bool = False) -> list[dict[str, Any]]:
     found = await select_instances(ctx, namespace=namespace, app=app, service=service,
                                    node=node, include_terminal=all)
-    return [to_data(i) for i in found]
+    return [instance_view(ctx, i) for i in found]
 
 
 async def find_instance(ctx: ServerContext, instance_id: str) -> Instance:
@@ -80,7 +91,7 @@ async def find_instance(ctx: ServerContext, instance_id: str) -> Instance:
 
 @router.get("/{instance_id}")
 async def get_instance(instance_id: str, ctx: Ctx) -> dict[str, Any]:
-    return to_data(await find_instance(ctx, instance_id))  # type: ignore[no-any-return]
+    return instance_view(ctx, await find_instance(ctx, instance_id))
 
 
 def describe(inst: Instance) -> str:

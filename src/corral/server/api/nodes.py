@@ -23,7 +23,7 @@ from corral.model.node import DEFAULT_PORT_RANGE, Node, NodeResources, NodeState
 from corral.scheduler import Snapshot, node_usage
 from corral.server import keys
 from corral.server.api.deps import check_name, get_ctx
-from corral.server.context import ServerContext
+from corral.server.context import InstanceUsage, ServerContext
 from corral.server.errors import ApiError
 
 __all__ = ["router"]
@@ -50,12 +50,19 @@ class RegisterBody(BaseModel):
     attributes: dict[str, str] = {}
 
 
-def node_view(node: Node, usage: Any) -> dict[str, Any]:
+def node_view(node: Node, usage: Any, used: dict[str, Any]) -> dict[str, Any]:
     data: dict[str, Any] = to_data(node)
     data["allocated"] = {"cpu": round(usage.cpu_milli / 1000, 3), "memory": usage.memory,
                          "instances": usage.instances} if usage else \
         {"cpu": 0.0, "memory": 0, "instances": 0}
+    data["used"] = used
     return data
+
+
+def _used(ctx: ServerContext, node: str) -> dict[str, Any]:
+    samples = [u for u in ctx.usage.values() if u.node == node]
+    return {"cpu": round(sum(u.cpu or 0.0 for u in samples), 3),
+            "memory": sum(u.memory for u in samples)}
 
 
 @router.post("")
@@ -111,10 +118,36 @@ async def _usage(ctx: ServerContext) -> tuple[list[Node], dict[str, Any]]:
     return [n.record for n in nodes], dict(node_usage(snap))
 
 
+class UsageSample(BaseModel):
+    cpu: float | None = Field(default=None, ge=0)
+    memory: int = Field(ge=0)
+    pids: int = Field(default=0, ge=0)
+
+
+class UsageBody(BaseModel):
+    instances: dict[str, UsageSample]
+
+
+@router.put("/{name}/usage")
+async def report_usage(name: str, body: UsageBody, ctx: Ctx) -> dict[str, Any]:
+    """An agent's latest usage samples for its instances; kept in memory only. Samples for
+    instances not assigned to `name` are ignored (a node reports for itself only)."""
+    items, _ = await ctx.records.scan(Instance, keys.INSTANCES)
+    mine = {i.record.id for i in items if i.record.node == name}
+    now = ctx.clock.now()
+    for iid, sample in body.instances.items():
+        if iid in mine:
+            ctx.usage[iid] = InstanceUsage(node=name, cpu=sample.cpu, memory=sample.memory,
+                                           pids=sample.pids, time=now)
+    for iid in [i for i, u in ctx.usage.items() if u.node == name and i not in mine]:
+        del ctx.usage[iid]
+    return {"accepted": len(set(body.instances) & mine)}
+
+
 @router.get("")
 async def list_nodes(ctx: Ctx) -> list[dict[str, Any]]:
     nodes, usage = await _usage(ctx)
-    return [node_view(n, usage.get(n.name)) for n in nodes]
+    return [node_view(n, usage.get(n.name), _used(ctx, n.name)) for n in nodes]
 
 
 @router.get("/{name}")
@@ -122,7 +155,7 @@ async def get_node(name: str, ctx: Ctx) -> dict[str, Any]:
     nodes, usage = await _usage(ctx)
     for n in nodes:
         if n.name == name:
-            return node_view(n, usage.get(n.name))
+            return node_view(n, usage.get(n.name), _used(ctx, n.name))
     raise ApiError(404, f"no node named {name!r}")
 
 

@@ -8,6 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
+        if self.path.startswith("/exit/"):
+            os._exit(int(self.path.rsplit("/", 1)[1]))
         body = json.dumps({"instance": os.environ.get("CORRAL_INSTANCE"),
                            "pid": os.getpid(), "greeting": os.environ.get("GREETING"),
                            "task_dir": os.environ.get("CORRAL_TASK_DIR"),
