@@ -292,3 +292,19 @@ async def test_usage_is_kept_per_node_and_shown_in_views(srv: ServerHarness) -> 
     with pytest.raises(ApiError) as err:
         await srv.client.report_usage(inst["node"], {inst["id"]: {"memory": -1}})
     assert err.value.status == 422
+
+
+async def test_unusable_driver_is_not_placed_and_says_why(srv: ServerHarness) -> None:
+    await srv.client.register_node({**NODE, "drivers": {"process": "",
+                                                        "oci": "runc is not installed"}})
+    spec = {"name": "boxed", "services": {"db": {"command": ["x"],
+                                                  "isolation": {"driver": "oci"}}}}
+    await srv.client.apply(spec)
+    await srv.reconcile()
+    [inst] = await srv.client.list_instances(app="boxed")
+    assert inst["state"] == "pending" and "oci" in inst["reason"], inst["reason"]
+    # the node learns the driver (agent restarted with runc installed): placed
+    await srv.client.register_node({**NODE, "drivers": {"process": "", "oci": ""}})
+    await srv.reconcile()
+    [inst] = await srv.client.list_instances(app="boxed")
+    assert inst["state"] == "scheduled" and inst["node"] == "n1"
