@@ -5,12 +5,12 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := bubblewrap runc redis-server iproute2 procps curl python3 python3-venv
+APT_PACKAGES := bubblewrap runc tini redis-server iproute2 procps util-linux curl python3 python3-venv
 PYTEST_ARGS ?=
 
 .PHONY: deps demo test lint unit down clean
 
-.stamp-apt:
+.stamp-apt: Makefile
 	@if [ "$$(id -u)" = 0 ]; then \
 	  missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	  if [ -n "$$missing" ]; then \

@@ -80,6 +80,13 @@ async def test_create_writes_limits(real: CgroupRoot) -> None:
             assert (d / "pids.max").read_text().strip() == "50"
         assert all(d.is_dir() for d in group.dirs)
         assert real.list_instance_groups(PARENT) == ["limits"]
+        # started unthrottled, the quota written once the command runs
+        group.set_cpu(None)
+        if real.version == "v1":
+            assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "-1"
+        group.set_cpu(0.5)
+        if real.version == "v1":
+            assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "50000"
     finally:
         await group.remove()
     assert not group.exists()

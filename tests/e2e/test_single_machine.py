@@ -65,6 +65,20 @@ def get(port: int) -> dict[str, Any]:
     return dict(httpx.get(f"http://127.0.0.1:{port}/", timeout=5).json())
 
 
+def inner_pid(host_pid: int) -> int:
+    """The pid a process sees for itself (its innermost pid namespace): the sandbox and
+    oci drivers give instances their own pid namespace, `ps` shows host pids."""
+    for line in Path(f"/proc/{host_pid}/status").read_text().splitlines():
+        if line.startswith("NSpid:"):
+            return int(line.split()[-1])
+    return host_pid
+
+
+def group_pids(cluster: LocalCluster, instance_id: str) -> list[int]:
+    procs = Path("/sys/fs/cgroup/pids") / cluster.cgroup_parent / instance_id / "cgroup.procs"
+    return [int(p) for p in procs.read_text().split()]
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -87,7 +101,8 @@ def test_apply_reach_every_instance_and_see_its_env(cluster: LocalCluster, tmp_p
         answer = cluster.wait_for(lambda i=inst: _try(lambda: get(i["ports"]["http"])), 20,
                                   "the server to listen")
         assert answer["instance"] == inst["id"]
-        assert answer["pid"] == inst["pid"]  # no wrapper between us and the process
+        # `ps` shows the host pid of the command itself, no wrapper in between
+        assert answer["pid"] == inner_pid(inst["pid"])
         assert answer["greeting"] == "bonjour"
         assert answer["cwd"] == answer["task_dir"]
         assert inst["address"] == "127.0.0.1" and inst["node"] == "local"
@@ -111,7 +126,7 @@ def test_killed_instance_is_restarted_and_an_event_says_so(cluster: LocalCluster
     # `running` means the process started; it listens a moment later (no health checks yet)
     answer = cluster.wait_for(lambda: _try(lambda: get(restarted[0]["ports"]["http"])), 20,
                               "the restarted server to listen")
-    assert answer["pid"] == restarted[0]["pid"]
+    assert answer["pid"] == inner_pid(restarted[0]["pid"])
     events = cluster.corral_json("events", "--topic", "instance", "--key", inst["id"])
     exited = [e for e in events if e["type"] == "exited"]
     assert exited and "signal 9" in exited[0]["message"], events
@@ -153,11 +168,12 @@ services:
 """)
     cluster.corral("apply", "-f", str(spec), "--timeout", "60s", check=True)
     insts = running(cluster, "gone")
-    pids = [i["pid"] for i in insts]
     task_dirs = [cluster.data_dir / "agent" / "instances" / i["id"] / "task" for i in insts]
     cluster.wait_for(lambda: all((d / "daemon.pid").exists() for d in task_dirs), 20,
                      "daemons")
-    pids += [int((d / "daemon.pid").read_text()) for d in task_dirs]
+    # every process of the instances, the escaped daemons included, by host pid
+    pids = [p for i in insts for p in group_pids(cluster, i["id"])]
+    assert len(pids) >= 2 * len(insts)
     assert all(pid_alive(p) for p in pids)
     groups = [Path("/sys/fs/cgroup/memory") / cluster.cgroup_parent / i["id"] for i in insts]
     assert all(g.is_dir() for g in groups)
@@ -286,7 +302,7 @@ def test_agent_kill_9_keeps_instances_and_adopts_them(fresh_cluster: LocalCluste
     victim = sorted(before)[0]
     for inst in before.values():
         if inst["id"] != victim:
-            assert get(inst["ports"]["http"])["pid"] == inst["pid"]
+            assert get(inst["ports"]["http"])["pid"] == inner_pid(inst["pid"])
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{before[victim]['ports']['http']}/exit/3", timeout=5)
     cluster.wait_for(lambda: cluster.state()["agent_pid"] != agent_pid, 30,
@@ -300,7 +316,7 @@ def test_agent_kill_9_keeps_instances_and_adopts_them(fresh_cluster: LocalCluste
         if iid == victim:
             continue
         assert after[iid]["pid"] == inst["pid"] and after[iid]["restarts"] == 0
-        assert get(inst["ports"]["http"])["pid"] == inst["pid"]
+        assert get(inst["ports"]["http"])["pid"] == inner_pid(inst["pid"])
     events = cluster.corral_json("events", "--topic", "instance", "--key", victim)
     assert any(e["type"] == "exited" and "code 3" in e["message"] for e in events), events
     adopted = cluster.corral_json("events", "--topic", "instance")

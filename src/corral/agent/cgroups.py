@@ -198,29 +198,40 @@ class Cgroup:
     def exists(self) -> bool:
         return any(d.is_dir() for d in self.dirs)
 
-    def create(self, resources: Resources) -> None:
+    def create(self, resources: Resources, *, cpu: bool = True) -> None:
         """Make the groups and write the limits. An existing group is reused as it is, with
-        the new limits: the caller removes stale groups first when it wants fresh counters."""
+        the new limits: the caller removes stale groups first when it wants fresh counters.
+        `cpu=False` leaves cpu unlimited for now (see `set_cpu`)."""
         self.root.prepare_parent(self.parent)
         for d in self.dirs:
             _mkdir(d)
-        quota = max(_MIN_QUOTA_US, round(resources.cpu * CPU_PERIOD_US))
         if self.root.version == "v2":
             _write(self._path("", "memory.max"), str(resources.memory))
             # Swap would turn an OOM kill into a slow crawl; v1's memsw does the same.
             swap = self._path("", "memory.swap.max")
             if swap.exists():
                 _write(swap, "0")
-            _write(self._path("", "cpu.max"), f"{quota} {CPU_PERIOD_US}")
             _write(self._path("", "pids.max"), str(resources.pids))
+        else:
+            _write(self._path("memory", "memory.limit_in_bytes"), str(resources.memory))
+            memsw = self._path("memory", "memory.memsw.limit_in_bytes")
+            if memsw.exists():
+                _write(memsw, str(resources.memory))
+            _write(self._path("pids", "pids.max"), str(resources.pids))
+        self.set_cpu(resources.cpu if cpu else None)
+
+    def set_cpu(self, cores: float | None) -> None:
+        """The cpu quota (`cores` of cpu time per period), or none. Drivers start an
+        instance unthrottled and set the quota once its command runs: with a small quota,
+        the runtime's own set-up (bwrap, runc, the supervisor) would otherwise be throttled
+        in the instance's group and take hundreds of milliseconds."""
+        quota = None if cores is None else max(_MIN_QUOTA_US, round(cores * CPU_PERIOD_US))
+        if self.root.version == "v2":
+            _write(self._path("", "cpu.max"),
+                   f"{'max' if quota is None else quota} {CPU_PERIOD_US}")
             return
-        _write(self._path("memory", "memory.limit_in_bytes"), str(resources.memory))
-        memsw = self._path("memory", "memory.memsw.limit_in_bytes")
-        if memsw.exists():
-            _write(memsw, str(resources.memory))
         _write(self._path("cpu", "cpu.cfs_period_us"), str(CPU_PERIOD_US))
-        _write(self._path("cpu", "cpu.cfs_quota_us"), str(quota))
-        _write(self._path("pids", "pids.max"), str(resources.pids))
+        _write(self._path("cpu", "cpu.cfs_quota_us"), str(-1 if quota is None else quota))
 
     def procs_files(self) -> tuple[Path, ...]:
         """Every `cgroup.procs` a process writes its pid to in order to join, in order."""

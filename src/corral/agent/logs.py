@@ -1,30 +1,31 @@
-"""Instance logs on the node: the writer the drivers pump output into, and the readers
-behind `corral logs` (history, `--tail`, `--since`, `-f`).
+"""Instance logs on the node: the readers behind `corral logs` (history, `--tail`,
+`--since`, `-f`), and the writer re-exported for agent code.
 
-Each stream of an instance goes to `<log_dir>/<stream>.log`, one line per output line:
+The format (one timestamped record per line, size rotation to `<stream>.log.1..keep`) is
+defined and written by `agent/logfile.py`, which the per-instance shim (`agent/shim.py`)
+uses without asyncio; this module parses it back:
 
     2026-01-02T03:04:05.123456Z the text
-
-The timestamp is when the agent read the line (UTC, microseconds), so stdout and stderr can be
-merged by time. Files rotate by size to `<stream>.log.1` (newest) .. `.log.<keep>`; the text
-is always valid UTF-8 (invalid bytes become U+FFFD) and never contains a newline.
 
 Readers hold the current file open while they read the rotated ones, and skip a rotated file
 that is the one they hold: a rotation between the two steps neither loses nor repeats lines.
 
-Neighbours: `agent/drivers/` create writers; the agent's log endpoint uses the readers.
+Neighbours: `agent/logfile.py` (the writer), `agent/shim.py` (writes every instance's logs);
+the agent's log endpoint uses the readers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Literal
+
+from corral.agent import logfile
+from corral.agent.logfile import DEFAULT_KEEP, DEFAULT_MAX_BYTES, DEFAULT_MAX_LINE, format_time
 
 __all__ = [
     "DEFAULT_KEEP", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_LINE", "STREAMS", "LogLine", "LogWriter",
@@ -33,11 +34,6 @@ __all__ = [
 
 Stream = Literal["stdout", "stderr"]
 STREAMS: tuple[Stream, ...] = ("stdout", "stderr")
-DEFAULT_MAX_BYTES = 10 * 1024 * 1024
-DEFAULT_KEEP = 3
-# Longer lines are split (Docker's json-file driver splits at 16 KiB too), so one runaway line
-# cannot hold the whole pipe buffer hostage nor exceed a rotated file on its own.
-DEFAULT_MAX_LINE = 16 * 1024
 _READ_SIZE = 64 * 1024
 
 
@@ -48,54 +44,9 @@ class LogLine:
     text: str
 
 
-def format_time(t: float) -> str:
-    """RFC 3339, UTC, microseconds: `2026-01-02T03:04:05.123456Z`."""
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-class LogWriter:
-    """Writes one stream of one instance, rotating by size. Not thread-safe; one per stream.
-    Appends to an existing file, so an agent restart continues the same log."""
-
-    def __init__(self, log_dir: Path, stream: Stream, *, max_bytes: int = DEFAULT_MAX_BYTES,
-                 keep: int = DEFAULT_KEEP, clock: Callable[[], float] = time.time,
-                 max_line: int = DEFAULT_MAX_LINE) -> None:
-        if max_line < 4:
-            raise ValueError("max_line must leave room for one UTF-8 character")
-        self.path = log_dir / f"{stream}.log"
-        self._max_bytes = max_bytes
-        self._keep = keep
-        self._clock = clock
-        self._max_line = max_line
-        log_dir.mkdir(parents=True, exist_ok=True)
-        # Unbuffered: each `write` is one syscall, so readers see whole lines at once.
-        self._file: BinaryIO | None = open(self.path, "ab", buffering=0)  # noqa: SIM115
-        self._size = self._file.tell()
-        self._pending = b""
-        self._last = 0.0
-
-    def write(self, data: bytes) -> None:
-        """Log every complete line of `data`; keep an unfinished last line for later, unless
-        it is already longer than a line may be."""
-        buf = self._pending + data
-        lines = buf.split(b"\n")
-        self._pending = lines.pop()
-        while len(self._pending) >= self._max_line:
-            cut = _cut(self._pending, self._max_line)
-            lines.append(self._pending[:cut])
-            self._pending = self._pending[cut:]
-        if lines:
-            self._emit(lines)
-
-    def close(self) -> None:
-        """Log what is left of an unfinished line and close the file; idempotent."""
-        if self._file is None:
-            return
-        if self._pending:
-            self._emit([self._pending])
-            self._pending = b""
-        self._file.close()
-        self._file = None
+class LogWriter(logfile.LogWriter):
+    """`logfile.LogWriter` (the format, rotation, partial and long lines) plus `pump`, for
+    agent code that holds a stream itself rather than leaving it to the instance's shim."""
 
     async def pump(self, reader: asyncio.StreamReader) -> None:
         """Copy `reader` into the log until end of file, then close."""
@@ -104,59 +55,6 @@ class LogWriter:
                 self.write(chunk)
         finally:
             self.close()
-
-    def _emit(self, lines: Sequence[bytes]) -> None:
-        assert self._file is not None, "write after close"
-        # One timestamp per read: the lines arrived together. Never earlier than the last
-        # one, so a stream's file stays sorted even if the wall clock steps back.
-        now = max(self._clock(), self._last)
-        self._last = now
-        stamp = format_time(now).encode() + b" "
-        out: list[bytes] = []
-        size = 0
-        for raw in lines:
-            for piece in _split(raw.removesuffix(b"\r"), self._max_line):
-                record = stamp + piece.decode("utf-8", "replace").encode() + b"\n"
-                if self._size + size + len(record) > self._max_bytes and self._size + size > 0:
-                    self._file.write(b"".join(out))
-                    out, size = [], 0
-                    self._rotate()
-                out.append(record)
-                size += len(record)
-        self._file.write(b"".join(out))
-        self._size += size
-
-    def _rotate(self) -> None:
-        assert self._file is not None
-        self._file.close()
-        base = str(self.path)
-        if self._keep > 0:
-            for i in range(self._keep - 1, 0, -1):
-                if os.path.exists(f"{base}.{i}"):
-                    os.replace(f"{base}.{i}", f"{base}.{i + 1}")
-            os.replace(base, f"{base}.1")
-        else:
-            os.unlink(base)
-        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115
-        self._size = 0
-
-
-def _cut(data: bytes, limit: int) -> int:
-    """The largest cut <= `limit` that does not split a UTF-8 character."""
-    if len(data) <= limit:
-        return len(data)
-    cut = limit
-    while cut > 0 and (data[cut] & 0xC0) == 0x80:
-        cut -= 1
-    return cut or limit
-
-
-def _split(line: bytes, limit: int) -> Iterable[bytes]:
-    while len(line) > limit:
-        cut = _cut(line, limit)
-        yield line[:cut]
-        line = line[cut:]
-    yield line
 
 
 def _parse(raw: bytes, stream: str) -> LogLine | None:

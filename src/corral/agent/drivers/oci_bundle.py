@@ -17,10 +17,15 @@ The view is the `sandbox` driver's, so a spec behaves the same under both:
   `/task` or `/tmp` (Kubernetes' `readOnlyRootFilesystem`, Nomad's read-only artifacts).
   The host's `/etc/hosts` and `/etc/resolv.conf` are bound in read-only, as Docker does:
   the instance shares the host's network, so it must resolve names as the host does.
-* either way: the task dir read-write at `/task` (also the cwd and `CORRAL_TASK_DIR`), a
-  private size-bounded tmpfs at `/tmp`, `/proc`, a tmpfs `/dev` with the standard devices
-  (runc creates them), `/dev/pts`, `/dev/shm`, `/dev/mqueue`, `/sys` and the instance's own
-  cgroups read-only (runtimes such as the JVM read their limits there).
+  (runc itself still creates the mount points a rootfs lacks, `/proc` `/task` `/tmp`...,
+  before it makes the root read-only: the same empty entries for every instance.)
+* either way: the task dir read-write at `/task` (also the cwd), a private size-bounded
+  tmpfs at `/tmp`, `/proc`, a tmpfs `/dev` with the standard devices (runc creates them),
+  `/dev/pts`, `/dev/shm`, `/dev/mqueue`, `/sys` and the instance's own cgroups read-only
+  (runtimes such as the JVM read their limits there), and the init (`HostFacts.init`, a
+  static tini) read-only at `INIT_PATH`, inside /dev, the container's own tmpfs, so that
+  no rootfs needs a file for it. The process is `INIT_PATH -- <command>`: see
+  `drivers/oci.py`.
 
 Namespaces pid, ipc, uts and mount; the host network unless the driver made a named
 network namespace (`HostFacts.netns_path`). The uts namespace keeps the host's hostname (as
@@ -34,22 +39,22 @@ Neighbours: `drivers/oci.py` (gathers the facts, writes the bundle, runs runc),
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from corral.agent.cgroups import CPU_PERIOD_US
-from corral.agent.drivers.base import TaskConfig, expand_vars
+from corral.agent.drivers.base import TaskConfig
+from corral.agent.drivers.sandbox import INSIDE_TASK_DIR
 
 __all__ = [
-    "DEFAULT_ROOTFS_LINKS", "HOST_DNS_FILES", "OCI_VERSION", "TASK_DIR", "HostFacts",
+    "DEFAULT_ROOTFS_LINKS", "HOST_DNS_FILES", "INIT_PATH", "OCI_VERSION", "HostFacts",
     "build_spec", "resolve_user", "tmp_size",
 ]
 
 # The spec version runc 1.1 writes with `runc spec`.
 OCI_VERSION = "1.0.2"
-TASK_DIR = "/task"
+INIT_PATH = "/dev/corral-init"
 # Symlinks in the default rootfs (name -> target, relative so they resolve inside it):
 # Debian and most current distributions have merged /usr.
 DEFAULT_ROOTFS_LINKS: tuple[tuple[str, str], ...] = (
@@ -57,8 +62,6 @@ DEFAULT_ROOTFS_LINKS: tuple[tuple[str, str], ...] = (
 )
 # Bound read-only into a user rootfs when the host has them.
 HOST_DNS_FILES = ("/etc/hosts", "/etc/resolv.conf")
-# The kernel refuses a CFS quota below 1 ms per period (agent/cgroups.py does the same).
-_MIN_QUOTA_US = 1_000
 # runc's defaults (`runc spec`, libcontainer/specconv/example.go).
 _CAPABILITIES = ("CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE")
 _MASKED = (
@@ -69,7 +72,9 @@ _MASKED = (
 _READONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 _DEV_SIZE = "65536k"
 _SHM_SIZE = "65536k"
-_TMP_MAX = 1024 * 1024 * 1024
+# As in `sandbox`: /tmp's pages count against the memory limit anyway; the bound only stops
+# one instance from filling its whole limit with files by accident.
+_TMP_MAX = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,9 +84,11 @@ class HostFacts:
     rootfs: Path  # the bundle's empty rootfs dir, or the user rootfs (`user_rootfs`)
     user_rootfs: bool
     cgroups_path: str  # "/<agent's cgroup parent>/<instance id>"
+    init: str  # host path of a static init (tini), bound at INIT_PATH
     netns_path: str | None = None  # a named network namespace; None: the host's network
     uid: int = 0
     gid: int = 0
+    additional_gids: tuple[int, ...] = ()
     # The agent's own RLIMIT_NOFILE (soft, hard): the instance gets the same, as with the
     # other drivers, and never more than the hard limit (asking for more fails the start).
     nofile: tuple[int, int] = (1024, 4096)
@@ -96,22 +103,24 @@ class HostFacts:
 
 
 def tmp_size(memory: int) -> int:
-    """Bytes for the private /tmp: half the memory limit, at most 1 GiB. Its pages are
-    charged to the instance's memory, so a bound below the limit makes a full /tmp an
-    ENOSPC the program can report, instead of an OOM kill."""
-    return max(1024 * 1024, min(memory // 2, _TMP_MAX))
+    """Bytes for the private /tmp: the memory limit, at most 256 MiB (as `sandbox`)."""
+    return min(memory, _TMP_MAX)
 
 
-def build_spec(config: TaskConfig, facts: HostFacts) -> dict[str, Any]:
-    """The runtime spec for `config` (see the module docstring). Deterministic: the same
-    input gives the same dict, environment sorted."""
-    env = {**config.env, "CORRAL_TASK_DIR": TASK_DIR}
+def build_spec(config: TaskConfig, facts: HostFacts, *, command: Sequence[str],
+               env: Mapping[str, str]) -> dict[str, Any]:
+    """The runtime spec for `config` (see the module docstring): `command` is the argv as
+    seen inside (its program resolved, its `${VARS}` expanded), `env` the environment as
+    seen inside. Deterministic: the same input gives the same dict, environment sorted."""
+    user: dict[str, Any] = {"uid": facts.uid, "gid": facts.gid}
+    if facts.additional_gids:
+        user["additionalGids"] = list(facts.additional_gids)
     process: dict[str, Any] = {
         "terminal": False,
-        "user": {"uid": facts.uid, "gid": facts.gid},
-        "args": list(expand_vars(config.command, config.env)),
+        "user": user,
+        "args": [INIT_PATH, "--", *command],
         "env": [f"{k}={v}" for k, v in sorted(env.items())],
-        "cwd": TASK_DIR,
+        "cwd": INSIDE_TASK_DIR,
         "capabilities": {kind: list(_CAPABILITIES)
                          for kind in ("bounding", "effective", "permitted", "ambient")},
         "rlimits": [{"type": "RLIMIT_NOFILE", "soft": min(facts.nofile),
@@ -166,7 +175,8 @@ def _mounts(config: TaskConfig, facts: HostFacts) -> list[dict[str, Any]]:
         mounts += [bind("/usr", "/usr", ro, "nosuid", "nodev"),
                    bind("/etc", "/etc", ro, "nosuid", "nodev")]
     mounts += [
-        bind(str(config.task_dir), TASK_DIR, "rw", "nosuid", "nodev"),
+        bind(facts.init, INIT_PATH, "ro", "nosuid", "nodev"),
+        bind(str(config.task_dir), INSIDE_TASK_DIR, "rw", "nosuid", "nodev"),
         {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
          "options": ["nosuid", "nodev", "mode=1777",
                      f"size={tmp_size(config.resources.memory)}"]},
@@ -185,21 +195,24 @@ def _resources(config: TaskConfig, facts: HostFacts) -> dict[str, Any]:
         # Deny every device node except the standard ones runc always allows.
         "devices": [{"allow": False, "access": "rwm"}],
         "memory": memory,
-        "cpu": {"quota": max(_MIN_QUOTA_US, round(res.cpu * CPU_PERIOD_US)),
-                "period": CPU_PERIOD_US},
+        # No cpu quota here: the driver sets it once the container runs (see
+        # Cgroup.set_cpu), so runc's own set-up is not throttled in the instance's group.
         "pids": {"limit": res.pids},
     }
 
 
-def resolve_user(user: str, *, passwd: str, group: str) -> tuple[int, int]:
-    """`isolation.user` -> (uid, gid), looked up in the text of the rootfs's `/etc/passwd`
-    and `/etc/group` (the host's for the default rootfs, the image's for a user rootfs).
+def resolve_user(user: str, *, passwd: str, group: str) -> tuple[int, int, tuple[int, ...]]:
+    """`isolation.user` -> (uid, gid, supplementary gids), looked up in the text of the
+    rootfs's `/etc/passwd` and `/etc/group` (the host's for the default rootfs, the
+    image's for a user rootfs); the same rules as `process.parse_user`:
 
     `uid`, `uid:gid`, `name`, `name:group`; a user without a group gets its passwd entry's
     primary group, or a gid equal to its uid when the uid has no entry (never group 0,
-    which Docker picks there and which would hand out root's group). Raises ValueError."""
+    which Docker picks there and which would hand out root's group). Only a user given by
+    name alone gets its supplementary groups (`setpriv --init-groups`). Raises ValueError."""
     name, _, grp = user.strip().partition(":")
     users = _entries(passwd)
+    groups = _entries(group)
     if name.isdigit():
         uid = int(name)
         entry = next((e for e in users.values() if e[0] == str(uid)), None)
@@ -209,12 +222,15 @@ def resolve_user(user: str, *, passwd: str, group: str) -> tuple[int, int]:
     else:
         raise ValueError(f"isolation.user: no user {name!r} in the rootfs's /etc/passwd")
     if not grp:
-        return uid, default_gid
+        if name.isdigit():
+            return uid, default_gid, ()
+        extra = sorted({int(gid) for gid, members in groups.values()
+                        if gid.isdigit() and name in members.split(",")} - {default_gid})
+        return uid, default_gid, tuple(extra)
     if grp.isdigit():
-        return uid, int(grp)
-    groups = _entries(group)
+        return uid, int(grp), ()
     if grp in groups and groups[grp][0].isdigit():
-        return uid, int(groups[grp][0])
+        return uid, int(groups[grp][0]), ()
     raise ValueError(f"isolation.user: no group {grp!r} in the rootfs's /etc/group")
 
 
