@@ -79,6 +79,8 @@ def up(
     detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background."),
     cgroup_parent: str = typer.Option("corral", "--cgroup-parent",
                                       help="Parent cgroup of every instance's group."),
+    usage_interval: float = typer.Option(10.0, "--usage-interval",
+                                         help="Seconds between the agent's usage reports."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Start a single-machine cluster: server + agent + embedded store."""
@@ -92,7 +94,8 @@ def up(
     config_file = write_config(ClientConfig(addr=addr, token=token))
     if detach:
         args = [sys.executable, "-m", "corral.cli.main", "up", "--data-dir", str(data),
-                "--port", str(port), "--name", name, "--cgroup-parent", cgroup_parent]
+                "--port", str(port), "--name", name, "--cgroup-parent", cgroup_parent,
+                "--usage-interval", str(usage_interval)]
         log = open(data / "up.log", "ab")  # noqa: SIM115 - owned by the child
         proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
@@ -105,18 +108,19 @@ def up(
         else:
             console.print(f"corral is up at {addr} (pid {proc.pid}); config in {config_file}")
         return
-    _supervise(data, addr, port, name, cgroup_parent, config_file, as_json)
+    _supervise(data, addr, port, name, cgroup_parent, usage_interval, config_file, as_json)
 
 
 def _supervise(data: Path, addr: str, port: int, name: str, cgroup_parent: str,
-               config_file: Path, as_json: bool) -> None:
+               usage_interval: float, config_file: Path, as_json: bool) -> None:
     (data / "logs").mkdir(exist_ok=True)
     server_args = ["server", "--data-dir", str(data / "server"), "--port", str(port)]
     agent_args = ["agent", "--server", addr, "--token-file", str(data / "server" /
                                                                  "admin-token"),
                   "--data-dir", str(data / "agent"), "--name", name, "--address",
                   "127.0.0.1", "--stop-instances-on-exit", "--cgroup-parent", cgroup_parent,
-                  "--log-level", os.environ.get("CORRAL_AGENT_LOG_LEVEL", "info")]
+                  "--log-level", os.environ.get("CORRAL_AGENT_LOG_LEVEL", "info"),
+                  "--usage-interval", str(usage_interval)]
     specs = {"server": server_args, "agent": agent_args}
     procs: dict[str, subprocess.Popen[bytes]] = {}
     backoff = {"server": 0.5, "agent": 0.5}

@@ -139,7 +139,8 @@ def local_cluster(root: Path, *, name: str = "local") -> Iterator[LocalCluster]:
     log = open(root / "up.out", "wb")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(
         [sys.executable, "-m", "corral.cli.main", "up", "--data-dir", str(root / "data"),
-         "--port", str(port), "--name", name, "--cgroup-parent", parent],
+         "--port", str(port), "--name", name, "--cgroup-parent", parent,
+         "--usage-interval", "1"],
         env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True)
     cluster = LocalCluster(root=root, port=port, cgroup_parent=parent, proc=proc, env=env)
