@@ -6,17 +6,21 @@ contents, symlink targets and exec bits, so its sha256 is a content address: pac
 unchanged tree gives the same digest and never causes a new deployment. The server runs
 `inspect_archive` on every upload before storing it under that digest; each agent fetches the
 blob once per node (`corral.agent.artifacts`) and unpacks it into a task directory with
-`safe_extract`.
+`safe_extract`. A root filesystem (`isolation.rootfs`) travels the same way, with
+`rootfs=True` everywhere: the rules of `corral.archive_check` for a rootfs, no directory
+left out when packing, hard links kept as links, and an uncompressed tar accepted as input
+(what `docker export` writes).
 
 Archives come from the network, so reading one assumes hostile input. One member checker
-(`_Checker`) holds every rule: no absolute names, no `..`, no device, fifo or sparse members,
-links that stay inside the root, no member written through a symlink or a file, bounded total
-size and member count. `inspect_archive` runs it without writing anything; `safe_extract`
-runs it first and then again in the pass that writes, so a file swapped between the two passes
-gains nothing. The writer opens every directory with O_NOFOLLOW relative to its parent's
-descriptor and creates files with O_EXCL, so even a rule missed here cannot make it write
-through a link; everything goes to a temporary directory beside the destination that is
-renamed into place only when the whole archive has been read and checked.
+(`archive_check.Checker`) holds every rule: no absolute names, no `..`, no device, fifo or
+sparse members, links that stay inside the root, no member written through a symlink or a
+file, bounded total size and member count. `inspect_archive` runs it without writing
+anything; `safe_extract` runs it first and then again in the pass that writes, so a file
+swapped between the two passes gains nothing. The writer opens every directory with
+O_NOFOLLOW relative to its parent's descriptor and creates files with O_EXCL, so even a rule
+missed here cannot make it write through a link (a rootfs's absolute symlinks included);
+everything goes to a temporary directory beside the destination that is renamed into place
+only when the whole archive has been read and checked.
 
 tarfile's own extraction (even with `filter="data"`) is not used: it decides per member, after
 earlier members are on disk, and it resolves paths through the filesystem rather than through
@@ -26,7 +30,6 @@ the descriptors this module controls.
 from __future__ import annotations
 
 import contextlib
-import enum
 import gzip
 import hashlib
 import io
@@ -41,7 +44,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from tarfile import TarInfo
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
+
+from corral.archive_check import ArchiveError, Checker, Kind, member_error, normalize
 
 __all__ = [
     "ArchiveError",
@@ -56,9 +61,6 @@ __all__ = [
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _CHUNK = 1 << 16
 _SKIP_DIRS = frozenset({"__pycache__", ".git"})
-# Linux gives up after 40 symlink traversals in one lookup; resolving targets inside the
-# archive uses the same bound, counted per lookup so a fan of links cannot go exponential.
-_MAX_LINK_FOLLOWS = 40
 # Decompressed bytes that are not file data (tar headers, pax records, padding) are allowed
 # this much plus a per-member allowance; a pax header claiming gigabytes hits this bound
 # instead of being read into memory.
@@ -67,11 +69,7 @@ _METADATA_PER_MEMBER = 8192  # room for pax records of a PATH_MAX name and link 
 _FILE_MODE = 0o644
 _EXEC_MODE = 0o755
 _DIR_MODE = 0o755
-_REGULAR_TYPES = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE})
-
-
-class ArchiveError(Exception):
-    """An archive or a directory cannot be packed, trusted or unpacked; the message says why."""
+_TAR_MAGIC_AT = 257  # "ustar" in the first header of a POSIX (and GNU) tar
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,13 +78,15 @@ class ArtifactInfo:
 
     `size` is the archive's own length in bytes (what is uploaded and stored), `files` the
     number of members of any kind (what `max_files` bounds), `unpacked_size` the sum of the
-    regular files' sizes (what `max_bytes` bounds).
+    regular files' sizes (what `max_bytes` bounds), `skipped` the device nodes, fifos and
+    sockets a rootfs had, left out (runc gives a container its own /dev).
     """
 
     digest: str
     size: int
     files: int
     unpacked_size: int
+    skipped: int = 0
 
 
 def sha256_file(path: Path) -> str:
@@ -103,176 +103,6 @@ def parse_digest(s: str) -> str:
     if not isinstance(s, str) or not _DIGEST_RE.fullmatch(s):
         raise ArchiveError(f"invalid digest {s!r}: expected 'sha256:' and 64 lowercase hex digits")
     return s
-
-
-# --- member rules --------------------------------------------------------------------------------
-
-class _Kind(enum.Enum):
-    DIR = "directory"
-    FILE = "file"
-    SYMLINK = "symlink"
-    HARDLINK = "hard link"
-
-
-class _Unresolvable(Exception):
-    """A symlink target that escapes the root or loops; the argument says which."""
-
-
-def _fail(name: str, why: str) -> ArchiveError:
-    return ArchiveError(f"member {name!r}: {why}")
-
-
-def _normalize(raw: str) -> str:
-    """Return the member's path relative to the root ('' for the root itself), or raise.
-
-    `./a//b/` becomes `a/b`, because tar run as `tar -C dir .` writes such names; `..` is
-    refused outright, even where it would stay inside, so no later step has to reason about it.
-    """
-    if "\x00" in raw:
-        raise _fail(raw, "name contains a NUL byte")
-    if raw.startswith("/"):
-        raise _fail(raw, "absolute path")
-    parts = [p for p in raw.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise _fail(raw, "path escapes the artifact root")
-    return "/".join(parts)
-
-
-def _parents(name: str) -> Iterator[str]:
-    """Yield `a`, `a/b` for `a/b/c`: every proper ancestor, shallowest first."""
-    parts = name.split("/")
-    for i in range(1, len(parts)):
-        yield "/".join(parts[:i])
-
-
-class _Checker:
-    """Every rule an archive member must pass, fed one member at a time in archive order.
-
-    Order matters: tar extracts in order, so `a -> /tmp` followed by `a/x` would write
-    through the link. Any member under an earlier symlink or file is refused, and so is a
-    non-directory member that replaces a directory earlier members were placed in.
-    Symlink targets are checked twice: lexically when seen (a quick, well-named error), and
-    in `finish` by resolving them through all the archive's symlinks the way the kernel
-    would, since `t -> d/s/../..` with `d/s -> ..` escapes although it looks inside.
-    """
-
-    def __init__(self, *, max_bytes: int, max_files: int) -> None:
-        self.max_bytes = max_bytes
-        self.max_files = max_files
-        self.members = 0
-        self.total = 0
-        self._kinds: dict[str, _Kind] = {}
-        self._implied_dirs: set[str] = set()
-        self._symlinks: dict[str, str] = {}
-
-    def admit(self, m: TarInfo) -> tuple[str, _Kind] | None:
-        """Check one member; return its normalized name and kind, None for the root entry."""
-        self.members += 1
-        if self.members > self.max_files:
-            raise _fail(m.name, f"archive has more than {self.max_files} members")
-        name = _normalize(m.name)
-        kind = self._kind_of(m)
-        if name == "":
-            if kind is not _Kind.DIR:
-                raise _fail(m.name, "the archive root must be a directory")
-            return None
-        if name in self._kinds:
-            raise _fail(m.name, "duplicate member")
-        if kind is not _Kind.DIR and name in self._implied_dirs:
-            raise _fail(m.name, f"a {kind.value} replaces a directory earlier members are in")
-        for parent in _parents(name):
-            parent_kind = self._kinds.get(parent)
-            if parent_kind is _Kind.SYMLINK:
-                raise _fail(m.name, f"path goes through symlink member {parent!r}")
-            if parent_kind is not None and parent_kind is not _Kind.DIR:
-                raise _fail(m.name, f"parent {parent!r} is not a directory")
-        if kind is _Kind.FILE:
-            if m.size < 0:
-                raise _fail(m.name, "negative size")
-            self.total += m.size
-            if self.total > self.max_bytes:
-                raise _fail(
-                    m.name,
-                    f"size {m.size} brings the unpacked total over the limit of "
-                    f"{self.max_bytes} bytes",
-                )
-        elif kind is _Kind.SYMLINK:
-            self._check_symlink_lexically(m.name, name, m.linkname)
-            self._symlinks[name] = m.linkname
-        elif kind is _Kind.HARDLINK:
-            self._check_hardlink(m.name, m.linkname)
-        self._kinds[name] = kind
-        self._implied_dirs.update(_parents(name))
-        return name, kind
-
-    def finish(self) -> None:
-        """Resolve every symlink through the others; raise if one escapes or loops."""
-        for name, target in self._symlinks.items():
-            try:
-                self._resolve(name.split("/")[:-1], target, [0])
-            except _Unresolvable as exc:
-                raise _fail(name, f"symlink target {target!r} {exc}") from None
-
-    def _kind_of(self, m: TarInfo) -> _Kind:
-        if m.type in _REGULAR_TYPES:
-            return _Kind.FILE
-        if m.type == tarfile.DIRTYPE:
-            return _Kind.DIR
-        if m.type == tarfile.SYMTYPE:
-            return _Kind.SYMLINK
-        if m.type == tarfile.LNKTYPE:
-            return _Kind.HARDLINK
-        if m.type in (tarfile.CHRTYPE, tarfile.BLKTYPE):
-            raise _fail(m.name, "device nodes are not allowed")
-        if m.type == tarfile.FIFOTYPE:
-            raise _fail(m.name, "fifos are not allowed")
-        raise _fail(m.name, f"unsupported member type {m.type!r}")
-
-    def _check_symlink_lexically(self, raw: str, name: str, target: str) -> None:
-        if target == "":
-            raise _fail(raw, "symlink target is empty")
-        if "\x00" in target:
-            raise _fail(raw, "symlink target contains a NUL byte")
-        if target.startswith("/"):
-            raise _fail(raw, f"symlink target {target!r} is absolute")
-        depth = name.count("/")
-        for part in target.split("/"):
-            if part == "..":
-                depth -= 1
-                if depth < 0:
-                    raise _fail(raw, f"symlink target {target!r} escapes the artifact root")
-            elif part not in ("", "."):
-                depth += 1
-
-    def _check_hardlink(self, raw: str, target: str) -> None:
-        if target.startswith("/"):
-            raise _fail(raw, f"hard link target {target!r} is absolute")
-        if ".." in target.split("/"):
-            raise _fail(raw, f"hard link target {target!r} escapes the artifact root")
-        # Only a link to a regular file already written is meaningful, and it is the only
-        # case where linking by name cannot reach through a symlink or outside the root.
-        source = _normalize(target)
-        if self._kinds.get(source) not in (_Kind.FILE, _Kind.HARDLINK):
-            raise _fail(raw, f"hard link target {target!r} is not an earlier regular file")
-
-    def _resolve(self, start: list[str], target: str, follows: list[int]) -> list[str]:
-        parts = list(start)
-        for comp in target.split("/"):
-            if comp in ("", "."):
-                continue
-            if comp == "..":
-                if not parts:
-                    raise _Unresolvable("escapes the artifact root")
-                parts.pop()
-                continue
-            parts.append(comp)
-            link = self._symlinks.get("/".join(parts))
-            if link is not None:
-                follows[0] += 1
-                if follows[0] > _MAX_LINK_FOLLOWS:
-                    raise _Unresolvable("loops")
-                parts = self._resolve(parts[:-1], link, follows)
-        return parts
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -296,6 +126,10 @@ class _HashingReader:
         raise io.UnsupportedOperation("not seekable")
 
 
+class _Source(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class _BudgetReader:
     """Decompressed bytes on their way to tarfile, refused past `limit`.
 
@@ -304,7 +138,7 @@ class _BudgetReader:
     it never shows us, proportional to what the checker has admitted.
     """
 
-    def __init__(self, inner: gzip.GzipFile, limit: int) -> None:
+    def __init__(self, inner: _Source, limit: int) -> None:
         self._inner = inner
         self.limit = limit
         self.count = 0
@@ -329,10 +163,24 @@ class _BudgetReader:
         pass
 
 
-_OnMember = Callable[[tarfile.TarFile, TarInfo, str, _Kind], None]
+_OnMember = Callable[[tarfile.TarFile, TarInfo, str, Kind], None]
 
 
-def _scan(path: Path, checker: _Checker, on_member: _OnMember | None) -> ArtifactInfo:
+def _is_gzip(raw: BinaryIO, path: Path, *, plain_ok: bool) -> bool:
+    """True for a gzip stream, False for a plain tar (only if `plain_ok`); else raise.
+    Leaves `raw` at its start."""
+    head = raw.read(_TAR_MAGIC_AT + 5)
+    raw.seek(0)
+    if head[:2] == b"\x1f\x8b":
+        return True
+    if plain_ok and head[_TAR_MAGIC_AT:] == b"ustar":
+        return False
+    what = "a tar archive (plain or gzip-compressed)" if plain_ok else \
+        "a gzip-compressed tar archive"
+    raise ArchiveError(f"{path.name}: not {what}")
+
+
+def _scan(path: Path, checker: Checker, on_member: _OnMember | None) -> ArtifactInfo:
     """Read the archive once, in order, checking each member and handing it to `on_member`."""
     try:
         raw = open(path, "rb")  # noqa: SIM115 - closed by the ExitStack below
@@ -340,12 +188,12 @@ def _scan(path: Path, checker: _Checker, on_member: _OnMember | None) -> Artifac
         raise ArchiveError(f"cannot open archive {path}: {exc.strerror}") from exc
     with contextlib.ExitStack() as stack:
         stack.enter_context(raw)
-        if raw.read(2) != b"\x1f\x8b":
-            raise ArchiveError(f"{path.name}: not a gzip-compressed tar archive")
-        raw.seek(0)
+        compressed = _is_gzip(raw, path, plain_ok=checker.rootfs)
         hashing = _HashingReader(raw)
-        gz = stack.enter_context(gzip.GzipFile(fileobj=hashing, mode="rb"))
-        budget = _BudgetReader(gz, checker.max_bytes + _METADATA_SLACK)
+        tar_bytes: _Source = hashing
+        if compressed:
+            tar_bytes = stack.enter_context(gzip.GzipFile(fileobj=hashing, mode="rb"))
+        budget = _BudgetReader(tar_bytes, checker.max_bytes + _METADATA_SLACK)
         try:
             tf = stack.enter_context(tarfile.open(fileobj=budget, mode="r|"))
             while (m := tf.next()) is not None:
@@ -358,7 +206,8 @@ def _scan(path: Path, checker: _Checker, on_member: _OnMember | None) -> Artifac
                         on_member(tf, m, *admitted)
                     except OSError as exc:
                         # ELOOP/ENOTDIR here mean a link was met where the checker saw none.
-                        raise _fail(m.name, f"cannot unpack: {exc.strerror or exc}") from exc
+                        raise member_error(
+                            m.name, f"cannot unpack: {exc.strerror or exc}") from exc
             checker.finish()
             # Read to the end so gzip checks its CRC and length: a truncated or corrupted
             # upload fails here even when the tar end-of-archive marker came through.
@@ -373,12 +222,15 @@ def _scan(path: Path, checker: _Checker, on_member: _OnMember | None) -> Artifac
         size=hashing.count,
         files=checker.members,
         unpacked_size=checker.total,
+        skipped=checker.skipped,
     )
 
 
-def inspect_archive(path: Path, *, max_bytes: int, max_files: int = 100_000) -> ArtifactInfo:
-    """Validate an archive without extracting it; raise `ArchiveError` naming the culprit."""
-    return _scan(path, _Checker(max_bytes=max_bytes, max_files=max_files), None)
+def inspect_archive(path: Path, *, max_bytes: int, max_files: int = 100_000,
+                    rootfs: bool = False) -> ArtifactInfo:
+    """Validate an archive without extracting it; raise `ArchiveError` naming the culprit.
+    `rootfs`: check it as a root filesystem (see `corral.archive_check`)."""
+    return _scan(path, Checker(max_bytes=max_bytes, max_files=max_files, rootfs=rootfs), None)
 
 
 # --- writing -------------------------------------------------------------------------------------
@@ -429,19 +281,19 @@ class _Writer:
         self._cached = (parent, fd)
         return fd
 
-    def __call__(self, tf: tarfile.TarFile, m: TarInfo, name: str, kind: _Kind) -> None:
+    def __call__(self, tf: tarfile.TarFile, m: TarInfo, name: str, kind: Kind) -> None:
         # The checker has normalized `name`; refusing `..` again keeps this class safe alone.
         if name.startswith("/") or {"", ".", ".."} & set(name.split("/")):
-            raise _fail(m.name, "path escapes the artifact root")
+            raise member_error(m.name, "path escapes the artifact root")
         parent, _, base = name.rpartition("/")
-        if kind is _Kind.DIR:
+        if kind is Kind.DIR:
             os.fchmod(self._parent_fd(name), _DIR_MODE)
             return
         dir_fd = self._parent_fd(parent)
-        if kind is _Kind.SYMLINK:
+        if kind is Kind.SYMLINK:
             os.symlink(m.linkname, base, dir_fd=dir_fd)
-        elif kind is _Kind.HARDLINK:
-            src_parent, _, src_base = _normalize(m.linkname).rpartition("/")
+        elif kind is Kind.HARDLINK:
+            src_parent, _, src_base = normalize(m.linkname).rpartition("/")
             src_fd = self._open_dir(src_parent)
             try:
                 os.link(src_base, base, src_dir_fd=src_fd, dst_dir_fd=dir_fd,
@@ -454,7 +306,7 @@ class _Writer:
     def _write_file(self, tf: tarfile.TarFile, m: TarInfo, base: str, dir_fd: int) -> None:
         data = tf.extractfile(m)
         if data is None:
-            raise _fail(m.name, "no data for a regular file")
+            raise member_error(m.name, "no data for a regular file")
         fd = os.open(base, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
         with os.fdopen(fd, "wb") as out:
             while chunk := data.read(_CHUNK):
@@ -487,7 +339,7 @@ def safe_extract(path: Path, dest: Path, *, max_bytes: int, max_files: int = 100
         root_fd = os.open(tmp, _DIR_FLAGS)
         writer = _Writer(root_fd)
         try:
-            _scan(path, _Checker(max_bytes=max_bytes, max_files=max_files), writer)
+            _scan(path, Checker(max_bytes=max_bytes, max_files=max_files), writer)
             os.fchmod(root_fd, dest_mode)
         finally:
             writer.close()
@@ -505,13 +357,13 @@ def safe_extract(path: Path, dest: Path, *, max_bytes: int, max_files: int = 100
 
 # --- packing -------------------------------------------------------------------------------------
 
-def _tarinfo(name: str, kind: _Kind, *, mode: int, size: int = 0, target: str = "") -> TarInfo:
+def _tarinfo(name: str, kind: Kind, *, mode: int, size: int = 0, target: str = "") -> TarInfo:
     info = TarInfo(name)
     info.type = {
-        _Kind.DIR: tarfile.DIRTYPE,
-        _Kind.FILE: tarfile.REGTYPE,
-        _Kind.SYMLINK: tarfile.SYMTYPE,
-        _Kind.HARDLINK: tarfile.LNKTYPE,
+        Kind.DIR: tarfile.DIRTYPE,
+        Kind.FILE: tarfile.REGTYPE,
+        Kind.SYMLINK: tarfile.SYMTYPE,
+        Kind.HARDLINK: tarfile.LNKTYPE,
     }[kind]
     info.mode = mode
     info.size = size
@@ -565,7 +417,7 @@ def pack_directory(src: Path, dest: Path) -> ArtifactInfo:
     if Path(os.path.realpath(dest)).is_relative_to(root_real):
         raise ArchiveError(f"{dest}: the archive cannot be written inside {src}")
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
-    checker = _Checker(max_bytes=2**63, max_files=2**63)
+    checker = Checker(max_bytes=2**63, max_files=2**63)
     try:
         with os.fdopen(fd, "wb") as raw, gzip.GzipFile(
             filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6
@@ -592,12 +444,12 @@ def _pack_entry(
     tf: tarfile.TarFile, root_real: str, name: str, path: Path, st: os.stat_result
 ) -> TarInfo:
     if stat.S_ISDIR(st.st_mode):
-        info = _tarinfo(name, _Kind.DIR, mode=_DIR_MODE)
+        info = _tarinfo(name, Kind.DIR, mode=_DIR_MODE)
         tf.addfile(info)
         return info
     if stat.S_ISLNK(st.st_mode):
         target = _check_source_symlink(root_real, path)
-        info = _tarinfo(name, _Kind.SYMLINK, mode=0o777, target=target)
+        info = _tarinfo(name, Kind.SYMLINK, mode=0o777, target=target)
         tf.addfile(info)
         return info
     if not stat.S_ISREG(st.st_mode):
@@ -616,7 +468,7 @@ def _pack_entry(
         if not stat.S_ISREG(fst.st_mode):
             raise ArchiveError(f"{path}: changed while packing")
         mode = _EXEC_MODE if fst.st_mode & 0o111 else _FILE_MODE
-        info = _tarinfo(name, _Kind.FILE, mode=mode, size=fst.st_size)
+        info = _tarinfo(name, Kind.FILE, mode=mode, size=fst.st_size)
         try:
             tf.addfile(info, f)
         except OSError as exc:
