@@ -7,9 +7,11 @@ offending member named, and must leave no file anywhere under the test's directo
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import os
+import socket
 import stat
 import tarfile
 from collections.abc import Callable
@@ -500,3 +502,184 @@ def test_parse_digest_refuses_malformed(bad: str) -> None:
 def test_parse_digest_accepts_canonical_form() -> None:
     good = "sha256:" + "0123456789abcdef" * 4
     assert parse_digest(good) == good
+
+
+# --- root filesystems (rootfs=True) --------------------------------------------------------
+
+
+def make_rootfs(root: Path) -> Path:
+    """A small tree with what real root filesystems have and artifacts may not."""
+    for d in ("usr/bin", "usr/lib64", "etc", "dev", "run", "usr/lib/python3/__pycache__"):
+        (root / d).mkdir(parents=True)
+    (root / "usr/bin/dash").write_bytes(b"\x7fELF pretend")
+    (root / "usr/bin/dash").chmod(0o755)
+    (root / "usr/bin/git").write_bytes(b"git" * 1000)
+    os.link(root / "usr/bin/git", root / "usr/bin/git-upload-pack")
+    (root / "etc/marker").write_text("inside\n")
+    (root / "usr/lib/python3/__pycache__/x.pyc").write_bytes(b"\0")
+    (root / "bin").symlink_to("usr/bin")
+    (root / "lib64").symlink_to("/usr/lib64")
+    (root / "usr/bin/sh").symlink_to("/bin/dash")
+    (root / "etc/up").symlink_to("../../../../outside")
+    (root / "etc/loop").symlink_to("loop")
+    os.mkfifo(root / "run/initctl")
+    return root
+
+
+def test_rootfs_pack_keeps_links_skips_specials_and_round_trips(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = make_rootfs(tmp_path / "rootfs")
+    monkeypatch.chdir(src / "run")  # a socket path must fit in sun_path: bind a short one
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind("sock")
+    specials = 2
+    if os.geteuid() == 0:
+        os.mknod(src / "dev" / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        specials += 1
+    with pytest.raises(ArchiveError):
+        pack_directory(src, tmp_path / "artifact.tar.gz")
+    info = pack_directory(src, tmp_path / "a.tar.gz", rootfs=True)
+    again = pack_directory(src, tmp_path / "b.tar.gz", rootfs=True)
+    assert (tmp_path / "a.tar.gz").read_bytes() == (tmp_path / "b.tar.gz").read_bytes()
+    assert info == again
+    assert info.skipped == specials
+    with tarfile.open(tmp_path / "a.tar.gz") as tf:
+        members = {m.name: m for m in tf.getmembers()}
+    assert members["usr/bin/git-upload-pack"].islnk()
+    assert members["usr/bin/git-upload-pack"].linkname == "usr/bin/git"
+    assert "usr/lib/python3/__pycache__/x.pyc" in members
+    assert not {"run/initctl", "run/sock", "dev/null"} & set(members)
+
+    inspected = inspect_archive(tmp_path / "a.tar.gz", max_bytes=MiB, rootfs=True)
+    assert inspected == dataclasses.replace(info, skipped=0)
+    with pytest.raises(ArchiveError, match=r"member 'etc/up': symlink target .* escapes"):
+        inspect_archive(tmp_path / "a.tar.gz", max_bytes=MiB)
+
+    out = tmp_path / "out"
+    assert safe_extract(tmp_path / "a.tar.gz", out, max_bytes=MiB, rootfs=True).files == info.files
+    assert os.readlink(out / "lib64") == "/usr/lib64"
+    assert os.readlink(out / "usr/bin/sh") == "/bin/dash"
+    assert os.readlink(out / "etc/up") == "../../../../outside"
+    assert os.readlink(out / "etc/loop") == "loop"
+    assert (out / "usr/bin/git-upload-pack").stat().st_ino == (out / "usr/bin/git").stat().st_ino
+    assert stat.S_IMODE((out / "usr/bin/dash").stat().st_mode) == 0o755
+    assert (out / "etc/marker").read_text() == "inside\n"
+    assert sorted(p.name for p in (out / "run").iterdir()) == []
+    assert sorted(p.name for p in (out / "dev").iterdir()) == []
+    assert not (tmp_path / "outside").exists()
+
+
+def test_rootfs_unpacks_a_plain_tar(tmp_path: Path) -> None:
+    # `docker export` writes an uncompressed tar; only a rootfs accepts one.
+    arch = tmp_path / "rootfs.tar"
+    with tarfile.open(arch, "w", format=tarfile.GNU_FORMAT) as tf:
+        for member, data in [dir_member("./"), dir_member("./etc"),
+                             file_member("./etc/os-release", b"ID=tiny\n"),
+                             link_member("./sh", "/bin/busybox")]:
+            tf.addfile(member, io.BytesIO(data) if data is not None else None)
+    with pytest.raises(ArchiveError, match="not a gzip-compressed tar archive"):
+        inspect_archive(arch, max_bytes=MiB)
+    info = safe_extract(arch, tmp_path / "out", max_bytes=MiB, rootfs=True)
+    assert info.digest == sha256_file(arch)
+    assert (tmp_path / "out/etc/os-release").read_bytes() == b"ID=tiny\n"
+    assert os.readlink(tmp_path / "out/sh") == "/bin/busybox"
+    cut = tmp_path / "cut.tar"
+    # In a header, at a header's start, in a file's data, just before the end marker.
+    for length in (700, 1024, 1800, 2560):
+        cut.write_bytes(arch.read_bytes()[:length])
+        with pytest.raises(ArchiveError, match="truncated"):
+            safe_extract(cut, tmp_path / "out2", max_bytes=MiB, rootfs=True)
+    cut.write_bytes(b"plain text, not a tar" * 30)
+    with pytest.raises(ArchiveError, match=r"not a tar archive \(plain or gzip-compressed\)"):
+        inspect_archive(cut, max_bytes=MiB, rootfs=True)
+    assert not (tmp_path / "out2").exists()
+
+
+def test_rootfs_skips_device_nodes_and_fifos_counting_them(tmp_path: Path) -> None:
+    arch = write_tar(tmp_path / "a.tar.gz", [
+        dir_member("dev"),
+        special_member("dev/null", tarfile.CHRTYPE),
+        special_member("dev/sda", tarfile.BLKTYPE),
+        special_member("run-fifo", tarfile.FIFOTYPE),
+        file_member("dev/.keep", b""),
+    ])
+    assert inspect_archive(arch, max_bytes=MiB, rootfs=True).skipped == 3
+    info = safe_extract(arch, tmp_path / "out", max_bytes=MiB, rootfs=True)
+    assert (info.skipped, info.files) == (3, 5)
+    assert every_path(tmp_path / "out") == {"dev", "dev/.keep"}
+
+
+# What an artifact refuses but a rootfs takes: its links resolve inside the container.
+ROOTFS_ALLOWS = ["block device", "char device", "fifo", "symlink escaping relatively",
+                 "symlink escaping through another symlink", "symlink loop",
+                 "symlink with absolute target"]
+
+
+def _rootfs_cases(tmp_path: Path) -> dict[str, tuple[Members, str, str]]:
+    """The hostile cases a rootfs must still refuse: those that would write outside the
+    tree or through a link, with the member they now fail at."""
+    cases = {k: v for k, v in _cases(tmp_path).items() if k not in ROOTFS_ALLOWS}
+    cases["symlink to /etc then a file through it"] = (
+        [link_member("etc", "/etc"), file_member("etc/evil")], "etc/evil",
+        "goes through symlink member 'etc'")
+    cases["symlink out then a file through it"] = (
+        [link_member("out", "../.."), file_member("out/evil")], "out/evil",
+        "goes through symlink member 'out'")
+    cases["directory through an absolute symlink"] = (
+        [link_member("usr", "/usr"), dir_member("usr/lib")], "usr/lib",
+        "goes through symlink member 'usr'")
+    cases["file under a device node"] = (
+        [special_member("null", tarfile.CHRTYPE), file_member("null/x")], "null/x",
+        "parent 'null' is not a directory")
+    cases["device node replacing a directory"] = (
+        [file_member("d/x"), special_member("d", tarfile.CHRTYPE)], "d",
+        "replaces a directory")
+    cases["hardlink to a device node"] = (
+        [special_member("null", tarfile.CHRTYPE), link_member("h", "null", tarfile.LNKTYPE)],
+        "h", "not an earlier regular file")
+    return cases
+
+
+ROOTFS_CASES = sorted(_rootfs_cases(Path("/x")))
+
+
+@pytest.mark.parametrize("case", ROOTFS_CASES)
+def test_rootfs_still_refuses_writes_outside_or_through_links(tmp_path: Path, case: str) -> None:
+    members, culprit, reason = _rootfs_cases(tmp_path)[case]
+    arch = write_tar(tmp_path / "a.tar.gz", members)
+    with pytest.raises(ArchiveError) as err:
+        inspect_archive(arch, max_bytes=MiB, max_files=100, rootfs=True)
+    assert str(err.value).startswith(f"member {culprit!r}: ")
+    assert reason in str(err.value)
+    (tmp_path / "box").mkdir()
+    with pytest.raises(ArchiveError) as err:
+        safe_extract(arch, tmp_path / "box" / "out", max_bytes=MiB, max_files=100, rootfs=True)
+    assert str(err.value).startswith(f"member {culprit!r}: ")
+    assert every_path(tmp_path) == {"a.tar.gz", "box"}
+
+
+@pytest.mark.parametrize("case", ROOTFS_ALLOWS)
+def test_rootfs_accepts_links_an_artifact_refuses(tmp_path: Path, case: str) -> None:
+    members, _, _ = _cases(tmp_path)[case]
+    arch = write_tar(tmp_path / "a.tar.gz", members)
+    out = tmp_path / "out"
+    safe_extract(arch, out, max_bytes=MiB, rootfs=True)
+    for info, _ in members:
+        path = out / info.name
+        if info.issym():
+            assert os.readlink(path) == info.linkname
+        elif info.ischr() or info.isblk() or info.isfifo():
+            assert not os.path.lexists(path)
+
+
+def test_rootfs_extraction_never_follows_an_absolute_symlink(tmp_path: Path) -> None:
+    # The link names a real directory of this host: writing through it would land there.
+    target = tmp_path / "host-dir"
+    target.mkdir()
+    arch = write_tar(tmp_path / "a.tar.gz", [
+        link_member("etc", str(target)), file_member("etc/passwd", b"root::0:0::/:/bin/sh\n"),
+    ])
+    with pytest.raises(ArchiveError, match="goes through symlink member 'etc'"):
+        safe_extract(arch, tmp_path / "out", max_bytes=MiB, rootfs=True)
+    assert list(target.iterdir()) == []
+    assert not (tmp_path / "out").exists()

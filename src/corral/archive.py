@@ -108,7 +108,7 @@ def parse_digest(s: str) -> str:
 # --- reading -------------------------------------------------------------------------------------
 
 class _HashingReader:
-    """Raw archive bytes on their way to gzip: hashed and counted in the same pass."""
+    """Raw archive bytes on their way to gzip (or tarfile): hashed and counted in one pass."""
 
     def __init__(self, f: BinaryIO) -> None:
         self._f = f
@@ -209,10 +209,16 @@ def _scan(path: Path, checker: Checker, on_member: _OnMember | None) -> Artifact
                         raise member_error(
                             m.name, f"cannot unpack: {exc.strerror or exc}") from exc
             checker.finish()
+            end = tf.offset
             # Read to the end so gzip checks its CRC and length: a truncated or corrupted
             # upload fails here even when the tar end-of-archive marker came through.
             while budget.read(_CHUNK):
                 pass
+            # tarfile ends quietly at a short or missing header as well as at the zero
+            # block that marks the end; only the marker leaves a whole block after `end`.
+            # Without it, a plain tar was cut short (gzip's own check covers the other).
+            if budget.count < end + tarfile.BLOCKSIZE:
+                raise tarfile.ReadError("no end-of-archive marker")
             while hashing.read(_CHUNK):
                 pass
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
@@ -314,13 +320,16 @@ class _Writer:
             os.fchmod(out.fileno(), _EXEC_MODE if m.mode & 0o111 else _FILE_MODE)
 
 
-def safe_extract(path: Path, dest: Path, *, max_bytes: int, max_files: int = 100_000) -> None:
+def safe_extract(path: Path, dest: Path, *, max_bytes: int, max_files: int = 100_000,
+                 rootfs: bool = False) -> ArtifactInfo:
     """Check the archive, then unpack it so that `dest` appears complete or not at all.
 
     `dest` may be missing or an empty directory (it keeps its mode); anything else is refused.
-    Files get mode 0o755 if the archive gave them any exec bit, else 0o644; directories 0o755.
+    Files get mode 0o755 if the archive gave them any exec bit, else 0o644; directories 0o755;
+    owners are not kept. `rootfs`: unpack it as a root filesystem (see `corral.archive_check`;
+    special files are skipped and counted in the result).
     """
-    inspect_archive(path, max_bytes=max_bytes, max_files=max_files)
+    info = inspect_archive(path, max_bytes=max_bytes, max_files=max_files, rootfs=rootfs)
     try:
         st = os.lstat(dest)
     except FileNotFoundError:
@@ -339,7 +348,8 @@ def safe_extract(path: Path, dest: Path, *, max_bytes: int, max_files: int = 100
         root_fd = os.open(tmp, _DIR_FLAGS)
         writer = _Writer(root_fd)
         try:
-            _scan(path, Checker(max_bytes=max_bytes, max_files=max_files), writer)
+            _scan(path, Checker(max_bytes=max_bytes, max_files=max_files, rootfs=rootfs),
+                  writer)
             os.fchmod(root_fd, dest_mode)
         finally:
             writer.close()
@@ -353,6 +363,7 @@ def safe_extract(path: Path, dest: Path, *, max_bytes: int, max_files: int = 100
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return info
 
 
 # --- packing -------------------------------------------------------------------------------------
@@ -374,7 +385,8 @@ def _tarinfo(name: str, kind: Kind, *, mode: int, size: int = 0, target: str = "
     return info
 
 
-def _walk(root: Path, rel: str = "") -> Iterator[tuple[str, Path, os.stat_result]]:
+def _walk(root: Path, rel: str = "", *, skip: frozenset[str] = _SKIP_DIRS
+          ) -> Iterator[tuple[str, Path, os.stat_result]]:
     """Yield (relative name, path, lstat) depth-first, siblings sorted by name.
 
     The order depends only on names, never on the filesystem's directory order, which is one
@@ -386,11 +398,11 @@ def _walk(root: Path, rel: str = "") -> Iterator[tuple[str, Path, os.stat_result
         name = f"{rel}/{entry.name}" if rel else entry.name
         st = entry.stat(follow_symlinks=False)
         is_dir = stat.S_ISDIR(st.st_mode)
-        if is_dir and entry.name in _SKIP_DIRS:
+        if is_dir and entry.name in skip:
             continue
         yield name, Path(entry.path), st
         if is_dir:
-            yield from _walk(root, name)
+            yield from _walk(root, name, skip=skip)
 
 
 def _check_source_symlink(root_real: str, path: Path) -> str:
@@ -403,13 +415,22 @@ def _check_source_symlink(root_real: str, path: Path) -> str:
     return target
 
 
-def pack_directory(src: Path, dest: Path) -> ArtifactInfo:
+def _is_special(mode: int) -> bool:
+    return not (stat.S_ISDIR(mode) or stat.S_ISLNK(mode) or stat.S_ISREG(mode))
+
+
+def pack_directory(src: Path, dest: Path, *, rootfs: bool = False) -> ArtifactInfo:
     """Pack `src` into a reproducible tar.gz at `dest` and return its digest and counts.
 
     Entries are sorted, owners and times zeroed, modes reduced to 0o755/0o644, and the gzip
     header carries neither a name nor a time, so the same tree always gives the same bytes.
     `__pycache__` and `.git` directories are left out; symlinks must stay inside `src`;
     fifos, sockets and devices are refused. `dest` is written beside itself and renamed.
+
+    `rootfs`: pack `src` as a root filesystem: nothing is left out, symlink targets are kept
+    as they are (they resolve inside the container), files hard-linked to each other stay
+    linked (a rootfs has many, git's or perl's), and fifos, sockets and devices are skipped
+    and counted in `skipped`.
     """
     if not src.is_dir():
         raise ArchiveError(f"{src}: not a directory")
@@ -417,13 +438,18 @@ def pack_directory(src: Path, dest: Path) -> ArtifactInfo:
     if Path(os.path.realpath(dest)).is_relative_to(root_real):
         raise ArchiveError(f"{dest}: the archive cannot be written inside {src}")
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
-    checker = Checker(max_bytes=2**63, max_files=2**63)
+    checker = Checker(max_bytes=2**63, max_files=2**63, rootfs=rootfs)
+    links: dict[tuple[int, int], str] = {}
+    skipped = 0
     try:
         with os.fdopen(fd, "wb") as raw, gzip.GzipFile(
             filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6
         ) as gz, tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tf:
-            for name, path, st in _walk(src):
-                info = _pack_entry(tf, root_real, name, path, st)
+            for name, path, st in _walk(src, skip=frozenset() if rootfs else _SKIP_DIRS):
+                if rootfs and _is_special(st.st_mode):
+                    skipped += 1
+                    continue
+                info = _pack_entry(tf, root_real, name, path, st, rootfs=rootfs, links=links)
                 checker.admit(info)
             checker.finish()
         os.chmod(tmp, 0o644)
@@ -437,18 +463,21 @@ def pack_directory(src: Path, dest: Path) -> ArtifactInfo:
         size=dest.stat().st_size,
         files=checker.members,
         unpacked_size=checker.total,
+        skipped=skipped,
     )
 
 
-def _pack_entry(
-    tf: tarfile.TarFile, root_real: str, name: str, path: Path, st: os.stat_result
-) -> TarInfo:
+def _pack_entry(tf: tarfile.TarFile, root_real: str, name: str, path: Path,
+                st: os.stat_result, *, rootfs: bool, links: dict[tuple[int, int], str]
+                ) -> TarInfo:
+    """Add one entry. `links` maps (device, inode) of a multiply-linked file packed so far
+    to its name; only a rootfs uses it, so an artifact's bytes stay what they always were."""
     if stat.S_ISDIR(st.st_mode):
         info = _tarinfo(name, Kind.DIR, mode=_DIR_MODE)
         tf.addfile(info)
         return info
     if stat.S_ISLNK(st.st_mode):
-        target = _check_source_symlink(root_real, path)
+        target = os.readlink(path) if rootfs else _check_source_symlink(root_real, path)
         info = _tarinfo(name, Kind.SYMLINK, mode=0o777, target=target)
         tf.addfile(info)
         return info
@@ -457,6 +486,11 @@ def _pack_entry(
                 else "a device node" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
                 else "not a regular file")
         raise ArchiveError(f"{path}: {what} cannot be packed")
+    first = links.get((st.st_dev, st.st_ino)) if rootfs and st.st_nlink > 1 else None
+    if first is not None:
+        info = _tarinfo(name, Kind.HARDLINK, mode=_FILE_MODE, target=first)
+        tf.addfile(info)
+        return info
     # Opened without following links and re-checked, so a file swapped for a link or a
     # fifo between the directory scan and the read is refused rather than packed.
     try:
@@ -473,4 +507,6 @@ def _pack_entry(
             tf.addfile(info, f)
         except OSError as exc:
             raise ArchiveError(f"{path}: changed while packing ({exc})") from exc
+    if rootfs and fst.st_nlink > 1:
+        links[(fst.st_dev, fst.st_ino)] = name
     return info

@@ -7,13 +7,15 @@ temporary path the cache gives it and counts its calls.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from corral.agent.artifacts import ArtifactCache, ArtifactError
-from corral.archive import pack_directory
+from corral.archive import pack_directory, sha256_file
 
 MiB = 1 << 20
 
@@ -169,3 +171,91 @@ async def test_unpack_over_the_size_limit_raises_artifact_error(tmp_path: Path) 
         await cache.unpack(digest, task, 4)
     assert not task.exists()
     assert list(task.parent.iterdir()) == []
+
+
+# --- root filesystems ----------------------------------------------------------------------
+
+
+def packed_rootfs(tmp_path: Path) -> tuple[str, bytes]:
+    src = tmp_path / "rootfs"
+    (src / "usr" / "bin").mkdir(parents=True)
+    (src / "usr" / "bin" / "dash").write_bytes(b"\x7fELF")
+    (src / "usr" / "bin" / "dash").chmod(0o755)
+    (src / "bin").symlink_to("usr/bin")
+    (src / "usr" / "bin" / "sh").symlink_to("/bin/dash")
+    (src / "etc").mkdir()
+    (src / "etc" / "marker").write_text("in the rootfs\n")
+    info = pack_directory(src, tmp_path / "rootfs.tar.gz", rootfs=True)
+    return info.digest, (tmp_path / "rootfs.tar.gz").read_bytes()
+
+
+async def test_concurrent_rootfs_callers_share_one_unpacking(tmp_path: Path) -> None:
+    digest, blob = packed_rootfs(tmp_path)
+    fetch = FakeFetch(blob)
+    cache = ArtifactCache(tmp_path / "cache", fetch)
+    # A second unpacking into the same name would fail (its destination is not empty):
+    # ten callers all succeeding with one path is one unpacking shared.
+    paths = await asyncio.gather(*(cache.rootfs(digest, MiB) for _ in range(10)))
+    assert set(paths) == {cache.rootfs_path(digest)}
+    root = paths[0]
+    assert root == tmp_path / "cache" / "rootfs" / digest.removeprefix("sha256:")
+    assert fetch.calls == [digest]
+    assert (root / "etc" / "marker").read_text() == "in the rootfs\n"
+    assert os.readlink(root / "usr" / "bin" / "sh") == "/bin/dash"
+    assert os.readlink(root / "bin") == "usr/bin"
+    assert [p.name for p in root.parent.iterdir()] == [root.name]  # no partial left
+
+
+async def test_unpacked_rootfs_is_reused_by_a_restarted_agent(tmp_path: Path) -> None:
+    digest, blob = packed_rootfs(tmp_path)
+    await ArtifactCache(tmp_path / "cache", FakeFetch(blob)).rootfs(digest, MiB)
+    fetch = FakeFetch(blob)
+    again = ArtifactCache(tmp_path / "cache", fetch)
+    assert (await again.rootfs(digest, MiB) / "etc" / "marker").exists()
+    assert fetch.calls == []
+
+
+async def test_partial_rootfs_of_a_crashed_agent_is_removed(tmp_path: Path) -> None:
+    digest, blob = packed_rootfs(tmp_path)
+    cache = ArtifactCache(tmp_path / "cache", FakeFetch(blob))
+    hexd = digest.removeprefix("sha256:")
+    partial = tmp_path / "cache" / "rootfs" / f".{hexd}.x1y2.partial"
+    (partial / "etc").mkdir(parents=True)
+    other = tmp_path / "cache" / "rootfs" / ("0" * 64)  # another digest's tree stays
+    other.mkdir()
+    root = await cache.rootfs(digest, MiB)
+    assert sorted(p.name for p in root.parent.iterdir()) == sorted([hexd, "0" * 64])
+
+
+async def test_cancelled_caller_leaves_the_unpacking_to_the_others(tmp_path: Path) -> None:
+    digest, blob = packed_rootfs(tmp_path)
+    fetch = FakeFetch(blob)
+    cache = ArtifactCache(tmp_path / "cache", fetch)
+    first = asyncio.ensure_future(cache.rootfs(digest, MiB))
+    second = asyncio.ensure_future(cache.rootfs(digest, MiB))
+    await asyncio.sleep(0)  # both are waiting on the download
+    first.cancel()
+    assert (await second / "etc" / "marker").exists()
+    assert first.cancelled()
+    assert fetch.calls == [digest]
+
+
+async def test_rootfs_that_fails_its_checks_leaves_nothing_and_is_retried(
+        tmp_path: Path) -> None:
+    # Through-a-symlink writes are refused for a rootfs as for an artifact.
+    src = tmp_path / "evil.tar.gz"
+    with tarfile.open(src, "w:gz") as tf:
+        link = tarfile.TarInfo("etc")
+        link.type = tarfile.SYMTYPE
+        link.linkname = str(tmp_path / "host")
+        tf.addfile(link)
+        tf.addfile(tarfile.TarInfo("etc/passwd"), io.BytesIO(b""))
+    digest = sha256_file(src)
+    fetch = FakeFetch(src.read_bytes())
+    cache = ArtifactCache(tmp_path / "cache", fetch)
+    for _ in range(2):
+        with pytest.raises(ArtifactError, match=r"rootfs sha256:.*goes through symlink"):
+            await cache.rootfs(digest, MiB)
+    assert list((tmp_path / "cache" / "rootfs").iterdir()) == []
+    assert not (tmp_path / "host").exists()
+    assert fetch.calls == [digest]  # the blob was fine: downloaded once, unpacked twice

@@ -164,13 +164,15 @@ class Runner:
         await self._reporter.flush()
 
     def _config(self) -> TaskConfig:
+        rootfs = self.spec.isolation.rootfs
         return TaskConfig(
             instance_id=self.instance.id, command=self.spec.command,
             env=build_env(self.instance, self.spec, node=self._node, host_ip=self._host_ip,
                           task_dir=self.dirs.task),
             task_dir=self.dirs.task, log_dir=self.dirs.logs, run_dir=self.dirs.run,
             resources=self.spec.resources, stop_signal=self.spec.stop_signal,
-            stop_timeout=self.spec.stop_timeout, isolation=self.spec.isolation)
+            stop_timeout=self.spec.stop_timeout, isolation=self.spec.isolation,
+            rootfs=self._artifacts.rootfs_path(rootfs) if rootfs else None)
 
     async def _launch(self) -> TaskHandle:
         handle = await self._driver.start(self._config())
@@ -244,9 +246,20 @@ class Runner:
             self._restart_times.append(self._clock.monotonic())
 
     async def _prepare(self) -> bool:
-        """Task and log dirs, artifact. False if the instance must not start."""
+        """Task and log dirs, rootfs, artifact. False if the instance must not start."""
         self.dirs.task.mkdir(parents=True, exist_ok=True)
         self.dirs.logs.mkdir(parents=True, exist_ok=True)
+        rootfs = self.spec.isolation.rootfs
+        if rootfs is not None:
+            # Unpacked once per node and shared; `_config` names the same directory.
+            self._report(S.FETCHING, f"fetching rootfs {rootfs[:19]}")
+            unpack = asyncio.ensure_future(self._artifacts.rootfs(rootfs, self._artifact_max))
+            if await self._until_stop(unpack):
+                self._report(S.STOPPED, "stop requested")
+                return False
+            if (exc := unpack.exception()) is not None:
+                self._report(S.FAILED, f"cannot prepare the rootfs: {exc}")
+                return False
         digest = self.spec.artifact
         if digest is None or (self.dirs.root / ".unpacked").exists():
             return True

@@ -1,10 +1,10 @@
 """`corral apply -f app.yaml [--plan] [--detach] [--timeout 5m] [--json]`
 
 Validates the file locally (every error at once, with lines), packs and uploads each
-`artifact:` directory (content-addressed, so an unchanged directory is not sent again),
-shows what changes, applies, then follows the instances until every service runs its
-desired count, with progress. Exits 1 if an instance fails to start or cannot be placed,
-2 if the file is invalid.
+`artifact:` directory and `isolation.rootfs` directory or tarball (content-addressed, so an
+unchanged one is not sent again), shows what changes, applies, then follows the instances
+until every service runs its desired count, with progress. Exits 1 if an instance fails
+to start or cannot be placed, 2 if the file is invalid.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ import dataclasses
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from corral.archive import ArchiveError, pack_directory
+from corral.archive import ArchiveError, ArtifactInfo, pack_directory, safe_extract
 from corral.cli.common import call
 from corral.cli.output import EXIT_FAILED, EXIT_USAGE, console, die, err_console, print_json, table
 from corral.client import Client
-from corral.model.application import ApplicationSpec
+from corral.model.application import ApplicationSpec, JobSpec, ServiceSpec
 from corral.model.codec import to_data
 from corral.model.units import parse_duration
 from corral.spec import SpecError, load_spec_file
@@ -33,36 +33,71 @@ __all__ = ["apply", "wait_for_app"]
 RUNNING = ("running", "healthy")
 
 
+# A root filesystem may be given as a tarball (what `docker export` or `tar -C dir -c .`
+# writes); it is unpacked and packed again so its digest depends only on the tree.
+_ROOTFS_TARBALLS = (".tar", ".tar.gz", ".tgz")
+# Bounds for unpacking the user's own tarball on their machine: generous, since the server
+# applies its own limit to what is uploaded.
+_LOCAL_MAX_BYTES = 1 << 40
+_LOCAL_MAX_FILES = 10_000_000
+
+_Spec = TypeVar("_Spec", ServiceSpec, JobSpec)
+
+
+def _pack(src: Path, archive: Path, kind: str) -> ArtifactInfo:
+    if kind == "artifact":
+        return pack_directory(src, archive)
+    if src.is_dir():
+        return pack_directory(src, archive, rootfs=True)
+    with tempfile.TemporaryDirectory(prefix="corral-rootfs-") as tmp:
+        unpacked = safe_extract(src, Path(tmp) / "rootfs", max_bytes=_LOCAL_MAX_BYTES,
+                                max_files=_LOCAL_MAX_FILES, rootfs=True)
+        packed = pack_directory(Path(tmp) / "rootfs", archive, rootfs=True)
+    return dataclasses.replace(packed, skipped=unpacked.skipped)
+
+
 async def _upload_artifacts(client: Client, spec: ApplicationSpec, base: Path,
                             quiet: bool) -> ApplicationSpec:
-    cache: dict[Path, str] = {}
+    """Each `artifact` directory and `isolation.rootfs` (a directory or a tarball) packed,
+    uploaded unless the server has it, and replaced by its digest."""
+    cache: dict[tuple[Path, str], str] = {}
 
-    async def resolve(artifact: str | None, where: str) -> str | None:
-        if artifact is None or artifact.startswith("sha256:"):
-            return artifact
-        src = (base / artifact).resolve()
-        if not src.is_dir():
-            die(f"{where}.artifact: {artifact!r} is not a directory (looked at {src})",
-                EXIT_USAGE)
-        if src not in cache:
+    async def upload(value: str | None, field: str, kind: str) -> str | None:
+        if value is None or value.startswith("sha256:"):
+            return value
+        src = (base / value).resolve()
+        if kind == "artifact" and not src.is_dir():
+            die(f"{field}: {value!r} is not a directory (looked at {src})", EXIT_USAGE)
+        tarball = src.is_file() and src.name.endswith(_ROOTFS_TARBALLS)
+        if kind == "rootfs" and not (src.is_dir() or tarball):
+            die(f"{field}: {value!r} is not a directory or a .tar, .tar.gz or .tgz file "
+                f"(looked at {src})", EXIT_USAGE)
+        if (src, kind) not in cache:
             with tempfile.TemporaryDirectory(prefix="corral-pack-") as tmp:
-                archive = Path(tmp) / "artifact.tar.gz"
+                archive = Path(tmp) / f"{kind}.tar.gz"
                 try:
-                    info = await asyncio.to_thread(pack_directory, src, archive)
+                    info = await asyncio.to_thread(_pack, src, archive, kind)
                 except ArchiveError as exc:
-                    die(f"{where}.artifact: {exc}", EXIT_USAGE)
-                if not await client.artifact_exists(info.digest):
+                    die(f"{field}: {exc}", EXIT_USAGE)
+                if info.skipped and not quiet:
+                    err_console.print(f"{field}: left out {info.skipped} device nodes, fifos "
+                                      "and sockets (runc gives each container its own /dev)")
+                if not await client.artifact_exists(info.digest, kind=kind):
                     if not quiet:
-                        err_console.print(f"uploading {artifact} ({info.files} files, "
+                        err_console.print(f"uploading {value} ({info.files} files, "
                                           f"{info.size} bytes) as {info.digest[:19]}")
-                    await client.upload_artifact(info.digest, archive)
-                cache[src] = info.digest
-        return cache[src]
+                    await client.upload_artifact(info.digest, archive, kind=kind)
+                cache[src, kind] = info.digest
+        return cache[src, kind]
 
-    services = {n: dataclasses.replace(s, artifact=await resolve(s.artifact, f"services.{n}"))
-                for n, s in spec.services.items()}
-    jobs = {n: dataclasses.replace(j, artifact=await resolve(j.artifact, f"jobs.{n}"))
-            for n, j in spec.jobs.items()}
+    async def resolve(s: _Spec, where: str) -> _Spec:
+        rootfs = await upload(s.isolation.rootfs, f"{where}.isolation.rootfs", "rootfs")
+        return dataclasses.replace(
+            s, artifact=await upload(s.artifact, f"{where}.artifact", "artifact"),
+            isolation=dataclasses.replace(s.isolation, rootfs=rootfs))
+
+    services = {n: await resolve(s, f"services.{n}") for n, s in spec.services.items()}
+    jobs = {n: await resolve(j, f"jobs.{n}") for n, j in spec.jobs.items()}
     return dataclasses.replace(spec, services=services, jobs=jobs)
 
 

@@ -156,21 +156,23 @@ class Client:
                                                      follow="true"))
 
     # artifacts
-    async def artifact_exists(self, digest: str) -> bool:
+    async def artifact_exists(self, digest: str, *, kind: str = "artifact") -> bool:
+        """Whether `digest` was uploaded and checked as `kind` (`artifact` or `rootfs`)."""
         try:
-            await self.request("HEAD", f"/v1/artifacts/{digest}")
+            await self.request("HEAD", f"/v1/artifacts/{digest}", params={"kind": kind})
         except ApiError as exc:
             if exc.status == 404:
                 return False
             raise
         return True
 
-    async def upload_artifact(self, digest: str, path: Path) -> Any:
+    async def upload_artifact(self, digest: str, path: Path, *, kind: str = "artifact") -> Any:
         async def chunks() -> AsyncIterator[bytes]:
             with open(path, "rb") as f:
                 while chunk := f.read(1 << 20):
                     yield chunk
         return await self.request("PUT", f"/v1/artifacts/{digest}", content=chunks(),
+                                  params={"kind": kind},
                                   headers={"content-type": "application/gzip"}, timeout=300)
 
     async def download_artifact(self, digest: str, dest: Path) -> None:

@@ -1,9 +1,9 @@
 """Applications: apply a spec, read status, delete.
 
 - `POST /v1/apps?dry_run=false` body `{"spec": {...}}` validates the spec (the same checks
-  as `corral apply` runs locally), checks every artifact was uploaded, and stores it as a
-  new version if it changed. Returns the version and the per-service diff. With `dry_run`
-  nothing is written (`corral apply --plan`).
+  as `corral apply` runs locally), checks every artifact and rootfs was uploaded, and
+  stores it as a new version if it changed. Returns the version and the per-service diff.
+  With `dry_run` nothing is written (`corral apply --plan`).
 - `GET /v1/apps` every application with per-service desired/running/healthy counts.
 - `GET /v1/apps/{name}?namespace=default` one application, its services and instances.
 - `GET /v1/apps/{name}/versions/{version}` the spec of one version (agents fetch it).
@@ -26,6 +26,7 @@ from corral.model.application import ApplicationSpec, ServiceSpec, service_hash
 from corral.model.codec import load_json, to_data
 from corral.model.instance import DesiredState, Instance, InstanceState
 from corral.server import keys
+from corral.server.api.artifacts import ArtifactKind, recorded_kind, serves_as
 from corral.server.api.deps import check_name, get_ctx
 from corral.server.api.instances import instance_view, select_instances
 from corral.server.context import ServerContext
@@ -45,17 +46,24 @@ class ApplyBody(BaseModel):
 
 
 async def _check_artifacts(ctx: ServerContext, spec: ApplicationSpec) -> None:
-    parts = [(f"services.{n}", s.artifact) for n, s in spec.services.items()]
-    parts += [(f"jobs.{n}", j.artifact) for n, j in spec.jobs.items()]
-    for path, artifact in parts:
+    parts: list[tuple[str, str | None, ArtifactKind]] = []
+    for section, specs in (("services", spec.services), ("jobs", spec.jobs)):
+        for n, s in specs.items():
+            parts += [(f"{section}.{n}.artifact", s.artifact, "artifact"),
+                      (f"{section}.{n}.isolation.rootfs", s.isolation.rootfs, "rootfs")]
+    for path, artifact, kind in parts:
         if artifact is None:
             continue
         if not artifact.startswith("sha256:"):
-            raise ApiError(422, f"{path}.artifact: {artifact!r} is a local path; upload it "
+            raise ApiError(422, f"{path}: {artifact!r} is a local path; upload it "
                                 "first (`corral apply` packs and uploads it for you)")
-        if await ctx.store.get(keys.artifact(artifact.removeprefix("sha256:"))) is None:
-            raise ApiError(422, f"{path}.artifact: {artifact} was never uploaded; "
-                                "PUT /v1/artifacts/{digest} first")
+        recorded = await recorded_kind(ctx, artifact)
+        if recorded is None:
+            raise ApiError(422, f"{path}: {artifact} was never uploaded; "
+                                f"PUT /v1/artifacts/{{digest}}?kind={kind} first")
+        if not serves_as(recorded, kind):
+            raise ApiError(422, f"{path}: {artifact} was uploaded as a rootfs, whose links "
+                                "may point anywhere; upload it as an artifact to use it as one")
 
 
 @router.post("")

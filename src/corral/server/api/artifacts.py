@@ -1,11 +1,16 @@
 """Artifacts: content-addressed archives uploaded by the CLI and fetched by agents.
 
-- `PUT /v1/artifacts/sha256:<hex>` body: the tar.gz. The server streams it to disk, checks
-  the digest and the archive (no absolute paths, `..`, escaping links, device files, total
-  size under the limit) and only then records it. Idempotent.
-- `HEAD|GET /v1/artifacts/sha256:<hex>` existence / download.
+- `PUT /v1/artifacts/sha256:<hex>?kind=artifact|rootfs` body: the tar.gz. The server streams
+  it to disk, checks the digest and the archive (no absolute paths, `..`, escaping links,
+  device files, total size under the limit) and only then records it. Idempotent.
+  `kind=rootfs` (an `isolation.rootfs`) checks it as a root filesystem instead: symlinks may
+  point anywhere and special files are skipped (`corral.archive_check`).
+- `HEAD /v1/artifacts/sha256:<hex>?kind=...` 200 if it was uploaded and serves as that kind.
+- `GET /v1/artifacts/sha256:<hex>` download.
 The blob is written and fsynced before the record is committed, so an acknowledged upload
-survives a crash.
+survives a crash. The record keeps the kind it was checked as: an archive that passed as an
+artifact serves as a rootfs too (the artifact rules are the stricter), not the reverse, so a
+rootfs later wanted as an artifact is uploaded again and checked as one.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, Response
@@ -26,10 +31,11 @@ from corral.server.api.deps import get_ctx
 from corral.server.context import ServerContext
 from corral.server.errors import ApiError
 
-__all__ = ["blob_path", "router"]
+__all__ = ["ArtifactKind", "blob_path", "recorded_kind", "router", "serves_as"]
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 Ctx = Annotated[ServerContext, Depends(get_ctx)]
+ArtifactKind = Literal["artifact", "rootfs"]
 
 
 def _digest(value: str) -> str:
@@ -48,17 +54,33 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+async def recorded_kind(ctx: ServerContext, digest: str) -> ArtifactKind | None:
+    """The kind `digest` was checked as when uploaded, None if it never was. Records from
+    before kinds existed were all checked as artifacts."""
+    kv = await ctx.store.get(keys.artifact(digest.removeprefix("sha256:")))
+    if kv is None:
+        return None
+    return "rootfs" if json.loads(kv.value).get("kind") == "rootfs" else "artifact"
+
+
+def serves_as(recorded: ArtifactKind, wanted: ArtifactKind) -> bool:
+    """Whether an archive checked as `recorded` may be used as `wanted` (see the docstring)."""
+    return recorded == "artifact" or wanted == "rootfs"
+
+
 def blob_path(ctx: ServerContext, digest: str) -> Path:
     hexd = digest.removeprefix("sha256:")
     return ctx.config.artifacts_dir / hexd[:2] / hexd
 
 
 @router.put("/{digest}")
-async def upload(digest: str, request: Request, ctx: Ctx) -> dict[str, Any]:
+async def upload(digest: str, request: Request, ctx: Ctx,
+                 kind: ArtifactKind = "artifact") -> dict[str, Any]:
     digest = _digest(digest)
     hexd = digest.removeprefix("sha256:")
     path = blob_path(ctx, digest)
-    if path.exists() and await ctx.store.get(keys.artifact(hexd)) is not None:
+    recorded = await recorded_kind(ctx, digest)
+    if path.exists() and recorded is not None and serves_as(recorded, kind):
         return {"digest": digest, "size": path.stat().st_size, "existed": True}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{hexd}.{ctx.new_id()}.part")
@@ -79,23 +101,28 @@ async def upload(digest: str, request: Request, ctx: Ctx) -> dict[str, Any]:
             raise ApiError(400, f"body does not match digest {digest} "
                                 f"(got sha256:{sha.hexdigest()})")
         try:
-            info = await asyncio.to_thread(inspect_archive, tmp, max_bytes=limit)
+            info = await asyncio.to_thread(inspect_archive, tmp, max_bytes=limit,
+                                           rootfs=kind == "rootfs")
         except ArchiveError as exc:
-            raise ApiError(422, f"rejected artifact: {exc}") from exc
+            raise ApiError(422, f"rejected {kind}: {exc}") from exc
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
-    meta = {"digest": digest, "size": size, "files": info.files, "uploaded_at": ctx.clock.now()}
+    # Same bytes as a record already there: it keeps the stricter kind it was checked as.
+    stored_kind = "artifact" if recorded == "artifact" else kind
+    meta = {"digest": digest, "size": size, "files": info.files, "kind": stored_kind,
+            "skipped": info.skipped, "uploaded_at": ctx.clock.now()}
     await ctx.store.put(keys.artifact(hexd), json.dumps(meta, sort_keys=True).encode())
     return {"digest": digest, "size": size, "existed": False}
 
 
 @router.head("/{digest}")
-async def exists(digest: str, ctx: Ctx) -> Response:
+async def exists(digest: str, ctx: Ctx, kind: ArtifactKind = "artifact") -> Response:
     digest = _digest(digest)
-    if await ctx.store.get(keys.artifact(digest.removeprefix("sha256:"))) is None:
-        raise ApiError(404, f"no artifact {digest}")
+    recorded = await recorded_kind(ctx, digest)
+    if recorded is None or not serves_as(recorded, kind):
+        raise ApiError(404, f"no {kind} {digest}")
     return Response(status_code=200)
 
 
