@@ -344,11 +344,17 @@ class OciDriver(SupervisedDriver):
         uid, gid = 0, 0
         groups: tuple[int, ...] = ()
         if config.isolation.user:
-            etc = (rootfs if user_rootfs else Path("/")) / "etc"
+            # A user rootfs's /etc/passwd is read as the container sees it: a symlink in the
+            # image (etc -> /, passwd -> /etc/shadow) must never make the agent read the
+            # host's files.
+            def etc_file(name: str) -> Path | None:
+                return _resolve_in_root(rootfs, f"/etc/{name}") if user_rootfs \
+                    else Path("/etc", name)
+
             try:
                 uid, gid, groups = resolve_user(config.isolation.user,
-                                                passwd=_read_text(etc / "passwd"),
-                                                group=_read_text(etc / "group"))
+                                                passwd=_read_text(etc_file("passwd")),
+                                                group=_read_text(etc_file("group")))
             except ValueError as exc:
                 raise DriverError(str(exc)) from exc
             own_task_dir(config.task_dir, User(uid=uid, gid=gid, name=None))
@@ -548,11 +554,18 @@ def _unlink(path: Path) -> None:
         path.unlink()
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except FileNotFoundError:
+def _read_text(path: Path | None) -> str:
+    """The file's text, "" if it is missing; never through a symlink at the last step."""
+    if path is None:
         return ""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except (FileNotFoundError, NotADirectoryError):
+        return ""
+    except OSError as exc:
+        raise DriverError(f"cannot read {path.name} in the rootfs: {exc.strerror}") from exc
+    with os.fdopen(fd, errors="replace") as f:
+        return f.read()
 
 
 def _which(name: str) -> str | None:
