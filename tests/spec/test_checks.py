@@ -370,3 +370,19 @@ def test_line_lookup_is_used_for_every_error() -> None:
     assert [e.line for e in errors] == [42, 42]
     assert sorted(seen, key=str) == [("services", "web", "depends_on", 0),
                                      ("services", "web", "stop_signal")]
+
+
+def test_rootfs_must_be_a_relative_path_or_a_digest() -> None:
+    from corral.spec import SpecError, load_spec_text
+
+    text = ("name: x\nservices:\n  a:\n    command: [sh]\n"
+            "    isolation: {driver: oci, rootfs: /srv/rootfs.tar}\n")
+    try:
+        load_spec_text(text)
+    except SpecError as exc:
+        [err] = exc.errors
+        assert err.path == "services.a.isolation.rootfs" and "./rootfs.tar" in err.message
+    else:
+        raise AssertionError("an absolute rootfs path was accepted")
+    ok = text.replace("/srv/rootfs.tar", "./rootfs.tar")
+    assert load_spec_text(ok).services["a"].isolation.rootfs == "./rootfs.tar"

@@ -254,22 +254,24 @@ def _bad_signal(name: str) -> tuple[str, str | None]:
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
-def _check_artifact(report: _Report, base: Loc, artifact: str | None) -> None:
+def _check_artifact(report: _Report, base: Loc, artifact: str | None,
+                    field: str = "artifact", example: str = "./web") -> None:
     if artifact is None:
         return
-    expected = "expected a path relative to the spec file (such as ./web) or a digest " \
-               "sha256:<64 lowercase hex digits>"
+    expected = f"expected a path relative to the spec file (such as {example}) or a " \
+               "digest sha256:<64 lowercase hex digits>"
     if artifact.startswith("sha256:"):
         if not _DIGEST.match(artifact):
-            report.add((*base, "artifact"), f"{expected}, got {artifact!r}")
+            report.add((*base, field), f"{expected}, got {artifact!r}")
     elif not artifact.strip() or artifact.startswith(("/", "~")) or "://" in artifact:
-        report.add((*base, "artifact"), f"{expected}, got {artifact!r}")
+        report.add((*base, field), f"{expected}, got {artifact!r}")
 
 
 def _check_isolation(report: _Report, loc: Loc, isolation: IsolationSpec) -> None:
     if isolation.rootfs is not None and isolation.driver != "oci":
         report.add((*loc, "rootfs"), "rootfs needs driver: oci (the other drivers run on the "
                    "host's file system)")
+    _check_artifact(report, loc, isolation.rootfs, "rootfs", "./rootfs.tar")
 
 
 def _check_templates(report: _Report, loc: Loc, templates: Sequence[TemplateSpec]) -> None:
