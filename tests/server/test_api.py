@@ -308,3 +308,28 @@ async def test_unusable_driver_is_not_placed_and_says_why(srv: ServerHarness) ->
     await srv.reconcile()
     [inst] = await srv.client.list_instances(app="boxed")
     assert inst["state"] == "scheduled" and inst["node"] == "n1"
+
+
+async def test_an_empty_usage_report_clears_the_nodes_samples(srv: ServerHarness) -> None:
+    await srv.client.register_node(NODE)
+    await srv.client.apply({**WEB, "services": {"web": {**WEB["services"]["web"],
+                                                          "instances": 1}}})
+    await srv.reconcile()
+    [inst] = await srv.client.list_instances()
+    await srv.client.report_usage("n1", {inst["id"]: {"cpu": 0.5, "memory": 10}})
+    assert (await srv.client.list_nodes())[0]["used"] == {"cpu": 0.5, "memory": 10}
+    await srv.client.report_usage("n1", {})
+    assert (await srv.client.list_nodes())[0]["used"] == {"cpu": 0.0, "memory": 0}
+
+
+async def test_an_adopted_instance_may_report_running_from_scheduled(
+        srv: ServerHarness) -> None:
+    await srv.client.register_node(NODE)
+    await srv.client.apply({**WEB, "services": {"web": {**WEB["services"]["web"],
+                                                          "instances": 1}}})
+    await srv.reconcile()
+    [inst] = await srv.client.list_instances()
+    assert inst["state"] == "scheduled"
+    await srv.client.report_status(inst["id"], {"node": "n1", "state": "running",
+                                                "reason": "adopted after an agent restart"})
+    assert (await srv.client.get_instance(inst["id"]))["state"] == "running"

@@ -386,3 +386,18 @@ def test_rootfs_must_be_a_relative_path_or_a_digest() -> None:
         raise AssertionError("an absolute rootfs path was accepted")
     ok = text.replace("/srv/rootfs.tar", "./rootfs.tar")
     assert load_spec_text(ok).services["a"].isolation.rootfs == "./rootfs.tar"
+
+
+def test_isolated_network_needs_a_driver_that_can_isolate() -> None:
+    from corral.spec import SpecError, load_spec_text
+
+    text = ("name: x\nservices:\n  a:\n    command: [sh]\n"
+            "    isolation: {driver: process, network: isolated}\n")
+    try:
+        load_spec_text(text)
+    except SpecError as exc:
+        [err] = exc.errors
+        assert err.path == "services.a.isolation.network" and "sandbox or oci" in err.message
+    else:
+        raise AssertionError("process + isolated network was accepted")
+    assert load_spec_text(text.replace("process", "sandbox"))

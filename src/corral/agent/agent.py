@@ -6,7 +6,8 @@ each answer of the long poll is the full list of what should exist on this node,
 missed change is corrected by the next answer.
 
 ```
- start -> clean stale cgroups -> register -> [watch assignments -> reconcile runners]*
+ start -> recover handle.json files -> clean other stale cgroups -> register
+       -> [watch assignments -> reconcile runners (adopting recovered instances)]*
                                     ^  heartbeat 404 (lease expired) |
                                     +--------------------------------+
 ```
@@ -57,10 +58,14 @@ class AgentConfig:
 
 class Agent:
     def __init__(self, *, config: AgentConfig, client: Client, drivers: dict[str, Driver],
-                 default_driver: str, driver_status: dict[str, str], clock: Clock) -> None:
+                 default_driver: str, driver_status: dict[str, str], clock: Clock,
+                 all_drivers: dict[str, Driver] | None = None) -> None:
         self.config = config
         self._client = client
-        self._drivers = drivers
+        self._drivers = drivers  # usable: what new instances start with
+        # Every driver built, usable or not: an instance an earlier agent started with a
+        # driver that is unusable now must still be adopted or cleaned up by it.
+        self._handlers = {**(all_drivers or {}), **drivers}
         self._default_driver = default_driver
         self._driver_status = driver_status
         self._clock = clock
@@ -87,7 +92,7 @@ class Agent:
                 log.warning("unreadable handle %s: %s", path, exc)
                 path.unlink(missing_ok=True)
                 continue
-            driver = self._drivers.get(handle.driver)
+            driver = self._handlers.get(handle.driver)
             if driver is not None and await driver.recover(handle):
                 self._recovered[handle.instance_id] = handle
                 log.info("recovered instance %s (pid %d)", handle.instance_id, handle.pid,
@@ -113,7 +118,11 @@ class Agent:
             "labels": self.config.labels, "port_range": list(self.config.port_range),
             "reserved_ports": list(self.config.reserved_ports),
             "drivers": self._driver_status, "default_driver": self._default_driver,
-            "attributes": self.config.attributes,
+            # What users should know about a usable driver (e.g. limits not enforced
+            # without cgroups) shows with the node: `corral nodes --json`.
+            "attributes": {**self.config.attributes, **{
+                f"driver.{name}.notes": d.capabilities.notes
+                for name, d in sorted(self._drivers.items()) if d.capabilities.notes}},
         }
         delay = 0.2
         while True:
@@ -194,7 +203,7 @@ class Agent:
         self._finished &= set(wanted)
 
     async def _stop_orphan(self, handle: TaskHandle) -> None:
-        driver = self._drivers[handle.driver]
+        driver = self._handlers[handle.driver]
         try:
             await driver.stop(handle, signal=signal.SIGTERM, timeout=10.0)
         finally:
@@ -228,7 +237,7 @@ class Agent:
             return
         adopt = self._recovered.pop(inst.id, None)
         if adopt is not None and adopt.driver != driver_name:
-            driver = self._drivers[adopt.driver]
+            driver = self._handlers[adopt.driver]
         runner = Runner(instance=inst, spec=spec, driver=driver, reporter=reporter,
                         artifacts=self.artifacts, dirs=self.dirs(inst.id), clock=self._clock,
                         node=self.config.name, host_ip=self.config.address,
@@ -271,9 +280,9 @@ class Agent:
         while True:
             await self._registered.wait()
             report = await self.sample_usage()
-            if report:
-                with contextlib.suppress(Unreachable, ApiError):
-                    await self._client.report_usage(self.config.name, report)
+            # Sent even when empty: the server then forgets samples of stopped instances.
+            with contextlib.suppress(Unreachable, ApiError):
+                await self._client.report_usage(self.config.name, report)
             await asyncio.sleep(interval)
 
     async def sample_usage(self) -> dict[str, dict[str, float | int | None]]:
@@ -283,7 +292,7 @@ class Agent:
             handle = runner.handle
             if handle is None:
                 continue
-            u = await self._drivers[handle.driver].usage(handle)
+            u = await self._handlers[handle.driver].usage(handle)
             if u is None:
                 continue
             prev = self._usage.get(iid)

@@ -46,7 +46,7 @@ async def serve_agent(opts: AgentOptions) -> None:
     client = Client(ClientConfig(addr=opts.server, token=opts.token))
     agent = Agent(config=config, client=client, drivers=registry.usable,
                   default_driver=registry.default, driver_status=registry.status,
-                  clock=SystemClock())
+                  clock=SystemClock(), all_drivers=registry.built)
     # Adopt what an earlier agent left running, then kill every other instance group: no
     # instance is ever left running unsupervised.
     recovered = await agent.recover_local()

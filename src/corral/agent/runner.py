@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.agent.artifacts import ArtifactCache
-from corral.agent.drivers.base import Driver, ExitResult, TaskConfig, TaskHandle
+from corral.agent.drivers.base import Driver, DriverError, ExitResult, TaskConfig, TaskHandle
 from corral.agent.reporter import StatusReporter
 from corral.agent.restart import decide_restart
 from corral.clock import Clock
@@ -175,6 +175,10 @@ class Runner:
             rootfs=self._artifacts.rootfs_path(rootfs) if rootfs else None)
 
     async def _launch(self) -> TaskHandle:
+        if self.spec.isolation.network == "isolated" and \
+                not self._driver.capabilities.network_isolation:
+            raise DriverError(f"driver {self._driver.name} cannot isolate the network "
+                              "(isolation.network: isolated); use driver sandbox or oci")
         handle = await self._driver.start(self._config())
         # Saved before anything else can happen: a restarted agent adopts from this file.
         tmp = self.dirs.handle.with_suffix(".tmp")

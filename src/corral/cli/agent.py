@@ -54,6 +54,8 @@ def agent(
              "process adopts them)."),
     usage_interval: float = typer.Option(10.0, "--usage-interval",
                                          help="Seconds between usage reports."),
+    artifact_max_size: str = typer.Option("512MiB", "--artifact-max-size",
+                                          help="Largest artifact or rootfs unpacked here."),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Run a node agent."""
@@ -69,6 +71,7 @@ def agent(
         host_cpu, host_mem = host_capacity()
         offer_cpu = parse_cpu(cpu) if cpu else host_cpu
         offer_mem = parse_size(memory) if memory else host_mem
+        artifact_max = parse_size(artifact_max_size)
     except ValueError as exc:
         die(str(exc), EXIT_USAGE)
     addr = address or detect_address()
@@ -76,7 +79,7 @@ def agent(
         name=name or socket.gethostname().split(".")[0].lower(), address=addr,
         data_dir=data_dir.resolve(), cpu=offer_cpu, memory=offer_mem, labels=_labels(label),
         port_range=(lo, hi), reserved_ports=tuple(listening_ports(lo, hi)),
-        attributes=fingerprint_attributes())
+        attributes=fingerprint_attributes(), artifact_max_bytes=artifact_max)
     asyncio.run(serve_agent(AgentOptions(
         config=config, server=server.rstrip("/"), token=token,
         http_host="127.0.0.1" if addr.startswith("127.") else "0.0.0.0",

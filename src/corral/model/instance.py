@@ -60,13 +60,17 @@ class DesiredState(StrEnum):
 S = InstanceState
 TRANSITIONS: dict[InstanceState, frozenset[InstanceState]] = {
     S.PENDING: frozenset({S.SCHEDULED, S.STOPPED, S.LOST}),
-    S.SCHEDULED: frozenset({S.FETCHING, S.STARTING, S.FAILED, S.STOPPING, S.STOPPED, S.LOST}),
-    S.FETCHING: frozenset({S.STARTING, S.FAILED, S.STOPPING, S.STOPPED, S.LOST}),
+    # -> running directly: an agent killed between starting an instance and reporting it
+    # adopts it after its restart.
+    S.SCHEDULED: frozenset({S.FETCHING, S.STARTING, S.RUNNING, S.EXITED, S.FAILED, S.STOPPING,
+                            S.STOPPED, S.LOST}),
+    S.FETCHING: frozenset({S.STARTING, S.RUNNING, S.EXITED, S.FAILED, S.STOPPING, S.STOPPED,
+                           S.LOST}),
     S.STARTING: frozenset({S.RUNNING, S.EXITED, S.FAILED, S.STOPPING, S.STOPPED, S.LOST}),
     S.RUNNING: frozenset({S.HEALTHY, S.UNHEALTHY, S.EXITED, S.STOPPING, S.STOPPED, S.LOST}),
     S.HEALTHY: frozenset({S.UNHEALTHY, S.EXITED, S.STOPPING, S.STOPPED, S.LOST}),
     S.UNHEALTHY: frozenset({S.HEALTHY, S.EXITED, S.STARTING, S.STOPPING, S.STOPPED, S.LOST}),
-    S.EXITED: frozenset({S.STARTING, S.FAILED, S.STOPPING, S.STOPPED, S.LOST}),
+    S.EXITED: frozenset({S.STARTING, S.FETCHING, S.FAILED, S.STOPPING, S.STOPPED, S.LOST}),
     S.FAILED: frozenset({S.STARTING, S.FETCHING, S.STOPPING, S.STOPPED, S.LOST}),
     S.STOPPING: frozenset({S.STOPPED, S.EXITED, S.FAILED, S.LOST}),
     S.STOPPED: frozenset(),

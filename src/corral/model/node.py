@@ -44,7 +44,7 @@ class Node:
     capacity: NodeResources
     port_range: tuple[int, int] = DEFAULT_PORT_RANGE
     reserved_ports: tuple[int, ...] = ()  # in use on the host by something else at register
-    drivers: dict[str, str] = field(default_factory=dict)  # usable driver -> "" or why not
+    drivers: dict[str, str] = field(default_factory=dict)  # every driver -> "" or why not usable
     default_driver: str = "process"
     attributes: dict[str, str] = field(default_factory=dict)  # os, kernel, arch, version
     registered_at: float

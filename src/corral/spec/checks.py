@@ -272,6 +272,9 @@ def _check_isolation(report: _Report, loc: Loc, isolation: IsolationSpec) -> Non
         report.add((*loc, "rootfs"), "rootfs needs driver: oci (the other drivers run on the "
                    "host's file system)")
     _check_artifact(report, loc, isolation.rootfs, "rootfs", "./rootfs.tar")
+    if isolation.network == "isolated" and isolation.driver == "process":
+        report.add((*loc, "network"), "network: isolated needs driver sandbox or oci (the "
+                   "process driver shares the host's network)")
 
 
 def _check_templates(report: _Report, loc: Loc, templates: Sequence[TemplateSpec]) -> None:

@@ -1,8 +1,8 @@
 """The contract between the agent's instance runner and the isolation drivers.
 
 A driver starts one instance's command, reports how it ended, signals and stops it, reads
-its usage and cleans up after it. Every driver (`process` now; `sandbox`/bubblewrap and
-`oci`/runc later) implements `Driver`, states what it can do in `Capabilities`, and passes
+its usage and cleans up after it. Every driver (`process`, `sandbox`/bubblewrap,
+`oci`/runc) implements `Driver`, states what it can do in `Capabilities`, and passes
 the same conformance tests. Records here are plain data so a `TaskHandle` can be saved as
 JSON and handed back to the driver after an agent restart (adoption).
 

@@ -4,6 +4,8 @@
 - `PUT /v1/nodes/{name}/heartbeat` keep the node's lease alive; 404 tells the agent to
   register again (its lease expired, e.g. while the server was down for long).
 - `GET /v1/nodes`, `GET /v1/nodes/{name}` with allocated resources.
+- `PUT /v1/nodes/{name}/usage` the agent's latest cpu/memory samples of its instances
+  (kept in memory, shown in instance and node views).
 - `GET /v1/nodes/{name}/instances?index=R&wait=30` blocking query (Nomad style): answers
   at once if anything assigned to the node changed after revision R, else when it does or
   after `wait` seconds. Returns `{"index": ..., "instances": [...]}`.
@@ -133,7 +135,8 @@ async def report_usage(name: str, body: UsageBody, ctx: Ctx) -> dict[str, Any]:
     """An agent's latest usage samples for its instances; kept in memory only. Samples for
     instances not assigned to `name` are ignored (a node reports for itself only)."""
     items, _ = await ctx.records.scan(Instance, keys.INSTANCES)
-    mine = {i.record.id for i in items if i.record.node == name}
+    mine = {i.record.id for i in items
+            if i.record.node == name and i.record.state not in TERMINAL_STATES}
     now = ctx.clock.now()
     for iid, sample in body.instances.items():
         if iid in mine:
