@@ -142,7 +142,9 @@ async def report_usage(name: str, body: UsageBody, ctx: Ctx) -> dict[str, Any]:
         if iid in mine:
             ctx.usage[iid] = InstanceUsage(node=name, cpu=sample.cpu, memory=sample.memory,
                                            pids=sample.pids, time=now)
-    for iid in [i for i, u in ctx.usage.items() if u.node == name and i not in mine]:
+    # A report is the node's whole picture: what it no longer measures is gone.
+    for iid in [i for i, u in ctx.usage.items()
+                if u.node == name and (i not in mine or i not in body.instances)]:
         del ctx.usage[iid]
     return {"accepted": len(set(body.instances) & mine)}
 
