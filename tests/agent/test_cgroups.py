@@ -3,12 +3,10 @@ path against a fake tree in tmp_path (the kernel's files are created by the test
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from corral.agent.cgroups import (
 )
 from corral.model.application import Resources
 from corral.testing.cgroups import real_cgroups
+from corral.testing.procs import gone, until
 
 MiB = 1024 * 1024
 PARENT = f"corral-test-{os.getpid()}-cg"
@@ -41,21 +40,8 @@ def spawn_in(group: Cgroup, script: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(["/bin/sh", "-c", f"{joins}; {script}"], start_new_session=True)
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
-def gone(pid: int) -> bool:
-    """No such process, or a zombie (dead, waiting for whoever inherited it to reap it)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rindex(b")") + 2:].split()[0] == b"Z"
 
 
 # --- the machine's own cgroups ------------------------------------------------------------

@@ -44,6 +44,7 @@ from corral.agent.drivers.supervised import read_exit
 from corral.agent.logs import read_logs
 from corral.model.application import IsolationSpec, Resources
 from corral.testing.cgroups import real_cgroups
+from corral.testing.procs import gone, until
 
 __all__ = ["DriverConformance", "Harness", "gone", "instance_pids", "until"]
 
@@ -53,21 +54,8 @@ REPO = Path(__file__).resolve().parents[3]
 GUARD = 30.0  # turns a hang into a failure; no assertion about speed
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
-def gone(pid: int) -> bool:
-    """No such process, or a zombie (dead; whoever inherited it has not reaped it yet)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rindex(b")") + 2:].split()[0] == b"Z"
 
 
 def instance_pids(mark: str) -> set[int]:

@@ -64,7 +64,6 @@ from pathlib import Path
 
 from corral.agent.cgroups import Cgroup, CgroupError, CgroupRoot, NoCgroups
 from corral.agent.drivers.base import (
-    Capabilities,
     DriverError,
     TaskConfig,
     TaskHandle,
@@ -81,6 +80,7 @@ from corral.agent.drivers.process import User, own_task_dir
 from corral.agent.drivers.sandbox import INSIDE_TASK_DIR, inside_env
 from corral.agent.drivers.supervised import (
     Command,
+    IsolatedRuntime,
     Launched,
     MainProcess,
     SupervisedDriver,
@@ -95,7 +95,6 @@ _TOOL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _NETNS_DIR = Path("/var/run/netns")
 _RUN_DIR = Path("/run/corral")
 _FIND_MAIN_TIMEOUT = 10.0
-_MAX_SIGNAL = 64
 _TOOL_TIMEOUT = 30.0
 _KILL_WAIT = 5.0
 _VALID_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")  # runc's container id alphabet
@@ -115,7 +114,7 @@ class _Runtime:
     bundle: Path | None
 
 
-class OciDriver(SupervisedDriver):
+class OciDriver(IsolatedRuntime, SupervisedDriver):
     """See the module docstring. `runc`, `tini` and `ip` are looked up in PATH (plus the
     sbin dirs); `probe=False` skips the one-off trial container of `available()`."""
 
@@ -141,19 +140,6 @@ class OciDriver(SupervisedDriver):
         self._tini = _which(tini) or (_which("tini") if tini == "tini-static" else None)
         self._runc_root = runc_root or _RUN_DIR / self._prefix / "runc"
         self._probe = probe
-        self._unavailable: str | None = None  # `available()`'s answer, once found
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(signals=True, exec=False, fs_isolation=True,
-                            network_isolation=True, oom_detection=True,
-                            resource_limits=True, kills_all_processes=True,
-                            notes=self._unavailable or "")
-
-    def available(self) -> str:
-        if self._unavailable is None:
-            self._unavailable = self._check()
-        return self._unavailable
 
     def _check(self) -> str:
         if os.geteuid() != 0:
@@ -293,11 +279,6 @@ class OciDriver(SupervisedDriver):
             pause = min(pause * 2, 0.02)
         # Ended already: the shim has its status.
         return MainProcess(pid=init, ticks=launched.start_ticks)
-
-    def _returncode(self, returncode: int) -> int:
-        if 128 < returncode <= 128 + _MAX_SIGNAL:
-            return -(returncode - 128)
-        return returncode
 
     async def _release(self, handle: TaskHandle) -> None:
         data = handle.data

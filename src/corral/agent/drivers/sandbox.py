@@ -48,7 +48,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from corral.agent.cgroups import Cgroup, CgroupRoot, NoCgroups
-from corral.agent.drivers.base import Capabilities, DriverError, TaskConfig, expand_vars
+from corral.agent.drivers.base import DriverError, TaskConfig, expand_vars
 from corral.agent.drivers.process import (
     ProcessDriver,
     join_argv,
@@ -57,7 +57,13 @@ from corral.agent.drivers.process import (
     privileges_argv,
     resolve_program,
 )
-from corral.agent.drivers.supervised import Command, Launched, MainProcess, start_ticks
+from corral.agent.drivers.supervised import (
+    Command,
+    IsolatedRuntime,
+    Launched,
+    MainProcess,
+    start_ticks,
+)
 from corral.agent.logfile import DEFAULT_KEEP, DEFAULT_MAX_BYTES
 
 __all__ = ["INSIDE_TASK_DIR", "SandboxDriver", "bwrap_args", "inside_env"]
@@ -70,7 +76,6 @@ _MAX_TMP = 256 * 1024 * 1024
 # into /usr inside): a command must resolve to one of them or to the task dir.
 _VISIBLE = ("/usr/", "/etc/")
 _FIND_MAIN_TIMEOUT = 10.0
-_MAX_SIGNAL = 64
 
 
 def bwrap_args(bwrap: str, *, task_dir: Path, tmp_size: int, network: str) -> list[str]:
@@ -89,7 +94,7 @@ def bwrap_args(bwrap: str, *, task_dir: Path, tmp_size: int, network: str) -> li
     return args
 
 
-class SandboxDriver(ProcessDriver):
+class SandboxDriver(IsolatedRuntime, ProcessDriver):
     """See the module docstring. `bwrap` is looked up in PATH; `probe=False` skips the
     one-off functional check in `available()` (tests of the argv)."""
 
@@ -107,19 +112,6 @@ class SandboxDriver(ProcessDriver):
         self._bwrap = shutil.which(bwrap)
         self._bwrap_name = bwrap
         self._probe = probe
-        self._unavailable: str | None = None  # `available()`'s answer, once found
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(signals=True, exec=False, fs_isolation=True,
-                            network_isolation=True, oom_detection=True,
-                            resource_limits=True, kills_all_processes=True,
-                            notes=self._unavailable or "")
-
-    def available(self) -> str:
-        if self._unavailable is None:
-            self._unavailable = self._check()
-        return self._unavailable
 
     def _check(self) -> str:
         if os.geteuid() != 0:
@@ -183,11 +175,6 @@ class SandboxDriver(ProcessDriver):
             pause = min(pause * 2, 0.02)
         # Ended already (or bwrap failed before starting it): the shim has its status.
         return MainProcess(pid=outer, ticks=launched.child_ticks)
-
-    def _returncode(self, returncode: int) -> int:
-        if 128 < returncode <= 128 + _MAX_SIGNAL:
-            return -(returncode - 128)
-        return returncode
 
 
 def inside_env(env: Mapping[str, str], task_dir: Path) -> dict[str, str]:

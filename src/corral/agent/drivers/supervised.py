@@ -53,9 +53,12 @@ from corral.agent.drivers.shimclient import (
 )
 from corral.agent.logfile import DEFAULT_KEEP, DEFAULT_MAX_BYTES
 
+_MAX_SIGNAL = 64  # SIGRTMAX on Linux
+
 # Re-exported: drivers import the shim protocol and the base class from one place.
 __all__ = [
-    "SHIM_PATH", "Command", "Launched", "MainProcess", "RecordedExit", "SupervisedDriver",
+    "SHIM_PATH", "Command", "IsolatedRuntime", "Launched", "MainProcess", "RecordedExit",
+    "SupervisedDriver",
     "clear_state", "is_alive", "launch", "read_exit", "shim_alive", "start_ticks",
     "wait_exit", "wait_pid",
 ]
@@ -81,6 +84,35 @@ class MainProcess:
     pid: int
     ticks: int | None
     helpers: tuple[int, ...] = ()
+
+
+class IsolatedRuntime:
+    """For drivers whose command runs under a container runtime (bubblewrap, runc): every
+    isolation capability, `available()` found once (a subclass's `_check`, which may run
+    a trial), and the runtime's "killed by signal N" exit code 128+N turned back into that
+    signal (bwrap and tini both report a signal death that way)."""
+
+    _unavailable: str | None = None
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(signals=True, exec=False, fs_isolation=True,
+                            network_isolation=True, oom_detection=True,
+                            resource_limits=True, kills_all_processes=True,
+                            notes=self._unavailable or "")
+
+    def available(self) -> str:
+        if self._unavailable is None:
+            self._unavailable = self._check()
+        return self._unavailable
+
+    def _check(self) -> str:
+        raise NotImplementedError
+
+    def _returncode(self, returncode: int) -> int:
+        if 128 < returncode <= 128 + _MAX_SIGNAL:
+            return -(returncode - 128)
+        return returncode
 
 
 @dataclass(frozen=True, slots=True)
