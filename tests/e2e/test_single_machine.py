@@ -321,3 +321,22 @@ def test_agent_kill_9_keeps_instances_and_adopts_them(fresh_cluster: LocalCluste
     assert any(e["type"] == "exited" and "code 3" in e["message"] for e in events), events
     adopted = cluster.corral_json("events", "--topic", "instance")
     assert sum(1 for e in adopted if "adopted" in e["message"]) >= 4
+
+
+def test_cordon_and_uncordon_through_the_cli(cluster: LocalCluster, tmp_path: Path) -> None:
+    node = cluster.corral_json("node", "cordon", "local")
+    assert node["state"] == "ineligible"
+    try:
+        spec = write_spec(tmp_path, "fenced", """
+name: fenced
+services:
+  s:
+    command: [sleep, "300"]
+    resources: {cpu: 0.05, memory: 16MiB}
+""")
+        r = cluster.corral("apply", "-f", str(spec), "--timeout", "20s")
+        assert r.returncode == 1 and "no node is ready" in r.stderr
+    finally:
+        assert cluster.corral_json("node", "uncordon", "local")["state"] == "ready"
+    cluster.wait_for(lambda: running(cluster, "fenced"), 30, "placement after uncordon")
+    cluster.corral("delete", "fenced", check=True)

@@ -333,3 +333,81 @@ async def test_an_adopted_instance_may_report_running_from_scheduled(
     await srv.client.report_status(inst["id"], {"node": "n1", "state": "running",
                                                 "reason": "adopted after an agent restart"})
     assert (await srv.client.get_instance(inst["id"]))["state"] == "running"
+
+
+async def _run_all(srv: ServerHarness) -> None:
+    """Every scheduled instance reports starting and running (as its agent would)."""
+    for inst in await srv.client.list_instances():
+        if inst["state"] == "scheduled" and inst["desired"] == "run":
+            for state in ("starting", "running"):
+                await srv.client.report_status(inst["id"], {"node": inst["node"],
+                                                            "state": state, "pid": 7})
+        elif inst["desired"] == "stop" and inst["state"] not in ("stopped", "lost"):
+            await srv.client.report_status(inst["id"], {"node": inst["node"],
+                                                        "state": "stopped"})
+
+
+async def test_drain_moves_instances_max_parallel_at_a_time(srv: ServerHarness) -> None:
+    await srv.client.register_node(NODE)
+    spec = {**WEB, "services": {"web": {**WEB["services"]["web"], "instances": 3,
+                                        "update": {"max_parallel": 1}}}}
+    await srv.client.apply(spec)
+    await srv.reconcile()
+    await _run_all(srv)
+    await srv.client.register_node({**NODE, "name": "n2", "address": "10.0.0.2"})
+    node = await srv.client.drain_node("n1")
+    assert node["state"] == "draining"
+    on_n2_max = 0
+    for _ in range(12):
+        await srv.reconcile(rounds=1)
+        insts = await srv.client.list_instances()
+        migrating = [i for i in insts if i["migrate"] and i["desired"] == "run"]
+        assert len(migrating) <= 1  # max_parallel
+        live = [i for i in insts if i["desired"] == "run" and not i["migrate"]]
+        running = [i for i in insts if i["desired"] == "run" and i["state"] == "running"]
+        assert len(running) >= 3 or len(live) < 3  # capacity never drops while draining
+        on_n2_max = max(on_n2_max, sum(1 for i in live if i["node"] == "n2"))
+        await _run_all(srv)
+    insts = [i for i in await srv.client.list_instances() if i["desired"] == "run"]
+    assert len(insts) == 3 and {i["node"] for i in insts} == {"n2"}
+    assert on_n2_max == 3
+    nodes = {n["name"]: n["state"] for n in await srv.client.list_nodes()}
+    assert nodes == {"n1": "ineligible", "n2": "ready"}
+    types = [e["type"] for e in await srv.client.events(topic="node")]
+    assert "draining" in types and "drained" in types
+    assert (await srv.client.uncordon_node("n1"))["state"] == "ready"
+
+
+async def test_drain_deadline_stops_what_is_left(srv: ServerHarness) -> None:
+    await srv.client.register_node(NODE)
+    await srv.client.apply(WEB)
+    await srv.reconcile()
+    await _run_all(srv)
+    await srv.client.drain_node("n1", deadline=30)  # nowhere to go: no other node
+    await srv.reconcile()
+    assert all(i["desired"] == "run" for i in await srv.client.list_instances())
+    await srv.clock.advance(31)
+    # keep the node alive past the fake time jump
+    await srv.client.register_node(NODE)
+    await srv.reconcile(rounds=1)
+    stopping = [i for i in await srv.client.list_instances() if i["desired"] == "stop"]
+    assert len(stopping) == 3 and all("deadline" in i["reason"] for i in stopping)
+
+
+async def test_cordon_keeps_instances_but_takes_no_new_ones(srv: ServerHarness) -> None:
+    await srv.client.register_node(NODE)
+    await srv.client.apply({**WEB, "services": {"web": {**WEB["services"]["web"],
+                                                          "instances": 1}}})
+    await srv.reconcile()
+    assert (await srv.client.cordon_node("n1"))["state"] == "ineligible"
+    await srv.client.apply(WEB)  # scale to 3
+    await srv.reconcile()
+    insts = await srv.client.list_instances()
+    assert sum(1 for i in insts if i["node"] == "n1") == 1
+    assert sum(1 for i in insts if i["state"] == "pending") == 2
+    await srv.client.uncordon_node("n1")
+    await srv.reconcile()
+    assert {i["state"] for i in await srv.client.list_instances()} == {"scheduled"}
+    with pytest.raises(ApiError) as err:
+        await srv.client.drain_node("nope")
+    assert err.value.status == 404

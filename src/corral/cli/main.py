@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from corral.cli import agent, apply, delete, events, logs, nodes, ps, server, status, up
+from corral.cli import agent, apply, delete, events, logs, node, nodes, ps, server, status, up
 
 __all__ = ["app", "main"]
 
@@ -23,6 +23,7 @@ app.command()(logs.logs)
 app.command()(events.events)
 app.command()(nodes.nodes)
 app.command()(delete.delete)
+app.add_typer(node.app, name="node")
 
 
 def main() -> None:

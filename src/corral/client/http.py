@@ -141,6 +141,19 @@ class Client:
         return await self.request("PUT", f"/v1/nodes/{name}/usage",
                                   json={"instances": instances})
 
+    async def drain_node(self, name: str, deadline: float | None = None) -> Any:
+        return await self.request("POST", f"/v1/nodes/{name}/drain",
+                                  json={"deadline": deadline})
+
+    async def cordon_node(self, name: str) -> Any:
+        return await self.request("POST", f"/v1/nodes/{name}/cordon")
+
+    async def uncordon_node(self, name: str) -> Any:
+        return await self.request("POST", f"/v1/nodes/{name}/uncordon")
+
+    async def get_node(self, name: str) -> Any:
+        return await self.request("GET", f"/v1/nodes/{name}")
+
     async def list_nodes(self) -> Any:
         return await self.request("GET", "/v1/nodes")
 

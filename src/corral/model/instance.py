@@ -103,6 +103,10 @@ class Instance:
     static_ports: dict[str, int] = field(default_factory=dict)
     driver: str | None = None  # None: the node's default driver
     desired: DesiredState = DesiredState.RUN
+    # Set by a node drain: replace this instance elsewhere, then stop it (Nomad's
+    # DesiredTransition.Migrate). A migrating instance no longer counts towards its
+    # service's desired count, so the application controller creates its replacement.
+    migrate: bool = False
     node: str | None = None
     address: str | None = None
     ports: dict[str, int] = field(default_factory=dict)
@@ -118,5 +122,5 @@ class Instance:
 
     @property
     def live(self) -> bool:
-        """Counts towards the service's desired count."""
+        """Wanted and not ended (a migrating instance included: it still runs)."""
         return self.desired == DesiredState.RUN and self.state in ACTIVE_STATES

@@ -49,6 +49,7 @@ class Node:
     attributes: dict[str, str] = field(default_factory=dict)  # os, kernel, arch, version
     registered_at: float
     heartbeat_at: float
+    drain_deadline: float | None = None  # while draining: when the rest is stopped anyway
 
     def driver_usable(self, name: str) -> bool:
         return self.drivers.get(name) == ""

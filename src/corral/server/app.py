@@ -20,7 +20,7 @@ from corral import __version__
 from corral.server.api import apps, artifacts, events, instances, nodes, system
 from corral.server.auth import require_token
 from corral.server.context import ServerContext
-from corral.server.controllers import applications, gc, scheduling
+from corral.server.controllers import applications, drain, gc, scheduling
 from corral.server.controllers import nodes as node_controller
 from corral.server.controllers.base import Controller, run_controller
 from corral.server.errors import install_error_handlers
@@ -30,7 +30,8 @@ __all__ = ["CONTROLLERS", "create_app"]
 log = logging.getLogger(__name__)
 
 CONTROLLERS: tuple[Controller, ...] = (
-    applications.CONTROLLER, scheduling.CONTROLLER, node_controller.CONTROLLER, gc.CONTROLLER,
+    applications.CONTROLLER, scheduling.CONTROLLER, node_controller.CONTROLLER,
+    drain.CONTROLLER, gc.CONTROLLER,
 )
 
 

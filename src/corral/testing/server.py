@@ -20,6 +20,7 @@ from corral.client import Client, ClientConfig
 from corral.server.app import create_app
 from corral.server.context import ServerConfig, ServerContext
 from corral.server.controllers.applications import reconcile_applications
+from corral.server.controllers.drain import reconcile_drains
 from corral.server.controllers.nodes import reconcile_nodes
 from corral.server.controllers.scheduling import reconcile_scheduling
 from corral.server.records import Records
@@ -45,6 +46,7 @@ class ServerHarness:
         can create work for the next)."""
         for _ in range(rounds):
             await reconcile_nodes(self.ctx)
+            await reconcile_drains(self.ctx)
             await reconcile_applications(self.ctx)
             await reconcile_scheduling(self.ctx)
 

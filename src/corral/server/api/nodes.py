@@ -6,6 +6,10 @@
 - `GET /v1/nodes`, `GET /v1/nodes/{name}` with allocated resources.
 - `PUT /v1/nodes/{name}/usage` the agent's latest cpu/memory samples of its instances
   (kept in memory, shown in instance and node views).
+- `POST /v1/nodes/{name}/drain` body `{"deadline": seconds | null}`: move its instances
+  elsewhere (`update.max_parallel` at a time, replacements first), then `ineligible`.
+- `POST /v1/nodes/{name}/cordon` (`ineligible`: no new placements, instances stay) and
+  `POST /v1/nodes/{name}/uncordon` (`ready` again; also cancels a drain).
 - `GET /v1/nodes/{name}/instances?index=R&wait=30` blocking query (Nomad style): answers
   at once if anything assigned to the node changed after revision R, else when it does or
   after `wait` seconds. Returns `{"index": ..., "instances": [...]}`.
@@ -13,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from typing import Annotated, Any
 
@@ -84,6 +89,8 @@ async def register(body: RegisterBody, ctx: Ctx) -> dict[str, Any]:
         port_range=(lo, hi), reserved_ports=tuple(sorted(set(body.reserved_ports))),
         drivers=body.drivers, default_driver=body.default_driver, attributes=body.attributes,
         registered_at=now, heartbeat_at=now,
+        drain_deadline=current.record.drain_deadline
+        if current is not None and current.record.state == NodeState.DRAINING else None,
     )
     lease_id = secrets.randbits(62) or 1
     await ctx.store.lease_grant(lease_id, ctx.config.node_ttl, now=now)
@@ -118,6 +125,49 @@ async def _usage(ctx: ServerContext) -> tuple[list[Node], dict[str, Any]]:
     snap = Snapshot(nodes=tuple(n.record for n in nodes),
                     instances=tuple(i.record for i in instances))
     return [n.record for n in nodes], dict(node_usage(snap))
+
+
+class DrainBody(BaseModel):
+    deadline: float | None = Field(default=None, gt=0)  # seconds from now; None: no limit
+
+
+async def _set_state(ctx: ServerContext, name: str, state: NodeState, *,
+                     deadline: float | None, event: str, message: str) -> dict[str, Any]:
+    for _ in range(10):
+        item = await ctx.records.get(Node, keys.node(name))
+        if item is None:
+            raise ApiError(404, f"no node named {name!r}")
+        if item.record.state == NodeState.DOWN:
+            raise ApiError(409, f"node {name} is down; wait until it is back")
+        node = dataclasses.replace(item.record, state=state, drain_deadline=deadline)
+        if node == item.record:
+            return await get_node(name, ctx)
+        txn = (ctx.records.txn().put(keys.node(name), node, expect=item.mod_revision)
+               .event("node", name, event, message))
+        if await txn.commit() is not None:
+            return await get_node(name, ctx)
+    raise ApiError(409, f"node {name} kept changing; retry")
+
+
+@router.post("/{name}/drain")
+async def drain(name: str, body: DrainBody, ctx: Ctx) -> dict[str, Any]:
+    deadline = None if body.deadline is None else ctx.clock.now() + body.deadline
+    within = f" within {body.deadline:g}s" if body.deadline else ""
+    return await _set_state(ctx, name, NodeState.DRAINING, deadline=deadline,
+                            event="draining", message=f"node {name} draining{within}")
+
+
+@router.post("/{name}/cordon")
+async def cordon(name: str, ctx: Ctx) -> dict[str, Any]:
+    return await _set_state(ctx, name, NodeState.INELIGIBLE, deadline=None,
+                            event="cordoned", message=f"node {name} cordoned: no new "
+                            "placements")
+
+
+@router.post("/{name}/uncordon")
+async def uncordon(name: str, ctx: Ctx) -> dict[str, Any]:
+    return await _set_state(ctx, name, NodeState.READY, deadline=None, event="ready",
+                            message=f"node {name} uncordoned: eligible again")
 
 
 class UsageSample(BaseModel):

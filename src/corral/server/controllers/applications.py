@@ -89,11 +89,21 @@ def _reconcile_service(ctx: ServerContext, txn: Txn, app: Application, name: str
         return
     digest = service_hash(spec)
     current: list[Versioned[Instance]] = []
+    migrating: list[Versioned[Instance]] = []
     for item in wanted:
         if item.record.spec_hash != digest:
             _stop(txn, item, f"replaced by version {app.version}", now)
+        elif item.record.migrate:
+            migrating.append(item)
         else:
             current.append(item)
+    # A migrating instance (its node drains) stops once its replacements run: capacity
+    # never drops below the desired count while a node is drained.
+    running = sum(1 for i in current if i.record.state in (InstanceState.RUNNING,
+                                                           InstanceState.HEALTHY))
+    if running >= spec.instances:
+        for item in migrating:
+            _stop(txn, item, f"migrated off draining node {item.record.node}", now)
     if len(current) > spec.instances:
         for item in sorted(current, key=_stop_order)[: len(current) - spec.instances]:
             _stop(txn, item, f"scaled down to {spec.instances}", now)
