@@ -40,11 +40,16 @@ lint: deps
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy src
 
+# A private base temp dir per run: pytest's shared /tmp/pytest-of-USER is pruned by any
+# other pytest session on the machine, which would pull the dirs from under our tests.
 test: deps lint
-	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
+	@base=$$(mktemp -d /tmp/corral-tests.XXXXXX); \
+	$(VENV)/bin/pytest -ra --basetemp=$$base $(PYTEST_ARGS); rc=$$?; rm -rf $$base; exit $$rc
 
 unit: deps
-	$(VENV)/bin/pytest -ra -m "not e2e" $(PYTEST_ARGS)
+	@base=$$(mktemp -d /tmp/corral-tests.XXXXXX); \
+	$(VENV)/bin/pytest -ra -m "not e2e" --basetemp=$$base $(PYTEST_ARGS); rc=$$?; \
+	rm -rf $$base; exit $$rc
 
 clean:
 	rm -rf $(VENV) .stamp-apt .stamp-venv .pytest_cache .mypy_cache .ruff_cache

@@ -113,6 +113,7 @@ _Clause = tuple[str, Version]
 def _pessimistic_bound(version: Version) -> Version:
     """`~> 1.2` allows up to (not including) 2; `~> 1.2.3` up to 1.3 (Terraform, Nomad)."""
     head = version.release[:-1] if len(version.release) > 1 else version.release
+    # rank 0 with no suffix: below every pre-release of the bound, so `~> 1.2` rejects 2.0-rc1.
     return Version(release=(*head[:-1], head[-1] + 1), rank=0, suffix=())
 
 
@@ -132,16 +133,24 @@ def _parse_requirement(text: str) -> tuple[_Clause, ...]:
     return tuple(clauses)
 
 
+def _holds(op: str, sign: int) -> bool:
+    """Whether `op` holds between two values that compare as `sign` (-1, 0, 1)."""
+    if op in ("=", "=="):
+        return sign == 0
+    if op == "!=":
+        return sign != 0
+    if op == "<":
+        return sign < 0
+    if op == "<=":
+        return sign <= 0
+    if op == ">":
+        return sign > 0
+    return sign >= 0
+
+
 def _version_ok(version: Version, clauses: tuple[_Clause, ...]) -> bool:
     have = version.key
-    for op, bound in clauses:
-        want = bound.key
-        ok = (have == want if op == "=" else have != want if op == "!=" else
-              have < want if op == "<" else have <= want if op == "<=" else
-              have > want if op == ">" else have >= want)
-        if not ok:
-            return False
-    return True
+    return all(_holds(op, (have > bound.key) - (have < bound.key)) for op, bound in clauses)
 
 
 # --- constraints ----------------------------------------------------------------------------
@@ -190,17 +199,10 @@ class Constraint:
 
 
 def _ordered(op: Operator, have: str, want: str, number: float | None) -> bool:
-    left: float | str = have
-    right: float | str = want
     if number is not None and _NUMBER.match(have):
-        left, right = float(have), number
-    if op == Operator.LT:
-        return left < right  # type: ignore[operator]  # both floats or both strs
-    if op == Operator.LE:
-        return left <= right  # type: ignore[operator]
-    if op == Operator.GT:
-        return left > right  # type: ignore[operator]
-    return left >= right  # type: ignore[operator]
+        left = float(have)
+        return _holds(op, (left > number) - (left < number))
+    return _holds(op, (have > want) - (have < want))
 
 
 def _source(attribute: str) -> tuple[str, str]:

@@ -8,6 +8,7 @@ problem is reported, each with the path of the field to fix.
 
 Neighbours: `spec/loader.py` runs `check_spec` after validation and `normalise_spec` once the
 spec is clean; `spec/errors.py` defines `FieldError`. The scheduler may reuse `parse_cron`.
+Constraints are parsed by `model/constraints.py`, the parser the scheduler applies too.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from corral.model.application import (
     ServiceSpec,
     TemplateSpec,
 )
+from corral.model.constraints import parse_constraint
 from corral.spec.errors import FieldError, LineLookup, Loc, close_match, format_path
 
 __all__ = ["CronFields", "check_spec", "normalise_signal", "normalise_spec", "parse_cron",
@@ -302,25 +304,12 @@ def _check_templates(report: _Report, loc: Loc, templates: Sequence[TemplateSpec
 
 # --- placement constraints ------------------------------------------------------------------
 
-_CONSTRAINT = re.compile(
-    r"^\s*(?P<attr>[A-Za-z_$][\w.${}/-]*)\s*"
-    r"(?:(?P<sym>==|!=|<=|>=|<|>)|\s(?P<word>in|not_in|regexp|version)\s)"
-    r"\s*(?P<value>\S.*?)\s*$")
-
-
 def _constraint_problem(text: str) -> str | None:
-    m = _CONSTRAINT.match(text)
-    if m is None:
-        return ("expected '<attribute> <operator> <value>' such as 'zone != c' (operators: "
-                f"==, !=, <, <=, >, >=, in, not_in, regexp, version), got {text!r}")
-    value = m.group("value")
-    if m.group("word") == "regexp":
-        try:
-            re.compile(value)
-        except re.error as exc:
-            return f"invalid regular expression {value!r}: {exc}"
-    if m.group("word") in ("in", "not_in") and not all(v.strip() for v in value.split(",")):
-        return f"expected a comma-separated list of values, got {value!r}"
+    # The scheduler parses with the same function, so what passes here is what it applies.
+    try:
+        parse_constraint(text)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 
