@@ -411,3 +411,23 @@ async def test_cordon_keeps_instances_but_takes_no_new_ones(srv: ServerHarness) 
     with pytest.raises(ApiError) as err:
         await srv.client.drain_node("nope")
     assert err.value.status == 404
+
+
+def test_heartbeat_ttl_grows_with_the_cluster() -> None:
+    from corral.server.context import ServerConfig, heartbeat_ttl
+
+    config = ServerConfig(data_dir=Path("/nonexistent"), node_ttl=10.0,
+                          max_heartbeats_per_second=50.0)
+    assert heartbeat_ttl(config, 1) == 10.0
+    assert heartbeat_ttl(config, 100) == 10.0
+    # 10,000 nodes heartbeating 3 times per TTL stay within 50/s
+    ttl = heartbeat_ttl(config, 10_000)
+    assert ttl == 600.0 and 10_000 * 3 / ttl <= 50.0
+
+
+async def test_register_and_heartbeat_answer_the_current_ttl(srv: ServerHarness) -> None:
+    first = await srv.client.register_node(NODE)
+    assert first["ttl"] == srv.ctx.config.node_ttl
+    assert first["heartbeat_interval"] == first["ttl"] / 3
+    beat = await srv.client.heartbeat("n1", first["lease_id"])
+    assert beat["ttl"] == first["ttl"]

@@ -76,6 +76,9 @@ class Agent:
         self._orphans: set[asyncio.Task[None]] = set()
         self._usage: dict[str, tuple[float, float]] = {}  # id -> (cpu seconds, monotonic)
         self._lease_id = 0
+        self._ttl = 10.0
+        self._heartbeat_interval = self._ttl / 3
+        self._last_contact = clock.monotonic()
         self._registered = asyncio.Event()
         self.artifacts = ArtifactCache(config.data_dir / "artifacts",
                                        fetch=self._fetch_artifact)
@@ -130,6 +133,8 @@ class Agent:
                 answer = await self._client.register_node(body)
                 self._lease_id = int(answer["lease_id"])
                 self._heartbeat_interval = float(answer["heartbeat_interval"])
+                self._ttl = float(answer["ttl"])
+                self._last_contact = self._clock.monotonic()
                 self._registered.set()
                 log.info("registered node %s", self.config.name)
                 return
@@ -143,7 +148,11 @@ class Agent:
             await self._registered.wait()
             await asyncio.sleep(self._heartbeat_interval)
             try:
-                await self._client.heartbeat(self.config.name, self._lease_id)
+                answer = await self._client.heartbeat(self.config.name, self._lease_id)
+                self._heartbeat_interval = float(answer.get("heartbeat_interval",
+                                                            self._heartbeat_interval))
+                self._ttl = float(answer.get("ttl", self._ttl))
+                self._last_contact = self._clock.monotonic()
             except ApiError as exc:
                 if exc.status == 404:
                     self._registered.clear()
@@ -272,6 +281,21 @@ class Agent:
             if tasks:
                 await asyncio.wait(tasks, timeout=60)
         await asyncio.gather(*(r.detach() for r in self.runners.values()))
+
+    async def disconnect_loop(self, interval: float = 1.0) -> None:
+        """Partition safety: once the server has not been reached for longer than the
+        heartbeat TTL, it has marked this node down and replaced its instances elsewhere;
+        stop those whose service says `on_disconnect: stop`, so that two copies never run
+        for longer than the TTL."""
+        while True:
+            await asyncio.sleep(interval)
+            silent = self._clock.monotonic() - self._last_contact
+            if silent <= self._ttl:
+                continue
+            for runner in self.runners.values():
+                if runner.spec.on_disconnect == "stop" and not runner.done:
+                    runner.request_stop(f"lost contact with the server for {silent:.0f}s "
+                                        f"(heartbeat TTL {self._ttl:g}s)")
 
     async def usage_loop(self, interval: float = 10.0) -> None:
         """Every `interval`: cpu (cores, averaged since the last sample) and memory of each

@@ -65,7 +65,8 @@ async def serve_agent(opts: AgentOptions) -> None:
     await agent.register()
     tasks = [asyncio.create_task(c, name=n) for n, c in (
         ("heartbeat", agent.heartbeat_loop()), ("watch", agent.watch_loop()),
-        ("gc", agent.gc_loop()), ("usage", agent.usage_loop(opts.usage_interval)))]
+        ("gc", agent.gc_loop()), ("usage", agent.usage_loop(opts.usage_interval)),
+        ("disconnect", agent.disconnect_loop()))]
     await stop.wait()
     log.info("agent stopping", extra={"stop_instances": opts.stop_instances_on_exit})
     for t in tasks:

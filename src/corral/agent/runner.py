@@ -108,6 +108,7 @@ class Runner:
         self._host_ip = host_ip
         self._artifact_max = artifact_max_bytes
         self._stop = asyncio.Event()
+        self._stop_reason = "stop requested"
         self._restarts = instance.restarts
         self._restart_times: list[float] = []
         self._quick_exits = 0
@@ -119,7 +120,9 @@ class Runner:
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"instance-{self.instance.id}")
 
-    def request_stop(self) -> None:
+    def request_stop(self, reason: str = "stop requested") -> None:
+        if not self._stop.is_set():
+            self._stop_reason = reason
         self._stop.set()
 
     async def detach(self) -> None:
@@ -202,7 +205,7 @@ class Runner:
                 return
         while True:
             if self._stop.is_set() and adopted is None:
-                self._report(S.STOPPED, "stop requested")
+                self._report(S.STOPPED, self._stop_reason)
                 return
             started = self._clock.monotonic()
             result: ExitResult | None = None
@@ -244,7 +247,7 @@ class Runner:
             if decision.state != S.EXITED:
                 self._report(decision.state, decision.reason, exit_code=exit_code)
             if await self._until_stop(asyncio.ensure_future(self._clock.sleep(decision.delay))):
-                self._report(S.STOPPED, "stop requested")
+                self._report(S.STOPPED, self._stop_reason)
                 return
             self._restarts += 1
             self._restart_times.append(self._clock.monotonic())
@@ -259,7 +262,7 @@ class Runner:
             self._report(S.FETCHING, f"fetching rootfs {rootfs[:19]}")
             unpack = asyncio.ensure_future(self._artifacts.rootfs(rootfs, self._artifact_max))
             if await self._until_stop(unpack):
-                self._report(S.STOPPED, "stop requested")
+                self._report(S.STOPPED, self._stop_reason)
                 return False
             if (exc := unpack.exception()) is not None:
                 self._report(S.FAILED, f"cannot prepare the rootfs: {exc}")
@@ -271,7 +274,7 @@ class Runner:
         try:
             fetch = asyncio.ensure_future(self._artifacts.ensure(digest))
             if await self._until_stop(fetch):
-                self._report(S.STOPPED, "stop requested")
+                self._report(S.STOPPED, self._stop_reason)
                 return False
             if self.dirs.task.exists():
                 shutil.rmtree(self.dirs.task)
@@ -283,7 +286,7 @@ class Runner:
         return True
 
     async def _stop_task(self) -> None:
-        self._report(S.STOPPING, "stop requested")
+        self._report(S.STOPPING, self._stop_reason)
         assert self.handle is not None
         result = await self._driver.stop(self.handle, signal=_signal_number(self.spec.stop_signal),
                                          timeout=self.spec.stop_timeout)

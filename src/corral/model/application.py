@@ -152,6 +152,11 @@ class ServiceSpec:
     templates: tuple[TemplateSpec, ...] = ()
     stop_signal: str = "SIGTERM"
     stop_timeout: Duration = 5.0
+    # When the agent has not reached the server for longer than its heartbeat TTL: stop the
+    # instance (the server, which marks the node down at the same TTL, has replaced it
+    # elsewhere: never two copies for longer than the TTL) or keep it running until the
+    # server says otherwise (a server outage then never stops anything).
+    on_disconnect: Literal["stop", "keep"] = "stop"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

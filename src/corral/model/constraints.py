@@ -35,7 +35,8 @@ from enum import StrEnum
 
 from corral.model.node import Node
 
-__all__ = ["Constraint", "Operator", "Version", "parse_constraint", "parse_version"]
+__all__ = ["Attribute", "Constraint", "Operator", "Version", "parse_attribute", "parse_constraint",
+           "parse_version"]
 
 
 class Operator(StrEnum):
@@ -155,31 +156,60 @@ def _version_ok(version: Version, clauses: tuple[_Clause, ...]) -> bool:
 
 # --- constraints ----------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Constraint:
-    """One parsed constraint, with its operand prepared once (list, regex, version clauses)."""
+_ATTRIBUTE = re.compile(r"^[A-Za-z_$][\w.${}/-]*$")
 
-    text: str  # as written, trimmed: how failures name it
-    attribute: str  # without `${...}`
-    operator: Operator
-    value: str
-    source: str  # "name", "address", "attr" or "label": where `key` is looked up
-    key: str
-    values: frozenset[str] = frozenset()  # in, not_in
-    pattern: re.Pattern[str] | None = None  # regexp
-    clauses: tuple[_Clause, ...] = ()  # version
-    number: float | None = None  # the value, when it is a number
+
+@dataclass(frozen=True, slots=True)
+class Attribute:
+    """Where a node's value for one attribute name is found, resolved once from the name."""
+
+    name: str  # as written, without `${...}`
+    source: str  # "name", "address", "attr" or "label"
+    key: str  # in `Node.attributes` or `Node.labels`
 
     def lookup(self, node: Node) -> str | None:
-        """The node's value for the attribute, or None if it has none."""
+        """The node's value, or None if it has none."""
         if self.source == "label":
             return node.labels.get(self.key)
         if self.source == "attr":
             return node.attributes.get(self.key)
         return node.name if self.source == "name" else node.address
 
+
+def parse_attribute(text: str) -> Attribute:
+    """The attribute `text` names (`zone`, `label.zone`, `attr.kernel`, `node.name`, ...);
+    raises ValueError when it is not an attribute name. Used for `spread` too."""
+    name = text.strip()
+    if not _ATTRIBUTE.match(name):
+        raise ValueError(f"expected an attribute name such as zone, attr.arch or node.name, "
+                         f"got {text!r}")
+    if name.startswith("${") and name.endswith("}"):
+        name = name[2:-1]
+    if name in ("node.name", "node.address"):
+        return Attribute(name, name[5:], "")
+    head, dot, rest = name.partition(".")
+    if dot and rest and head == "attr":
+        return Attribute(name, "attr", rest)
+    if dot and rest and head in ("label", "meta"):
+        return Attribute(name, "label", rest)
+    return Attribute(name, "label", name)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Constraint:
+    """One parsed constraint, with its operand prepared once (list, regex, version clauses)."""
+
+    text: str  # as written, trimmed: how failures name it
+    attribute: Attribute
+    operator: Operator
+    value: str
+    values: frozenset[str] = frozenset()  # in, not_in
+    pattern: re.Pattern[str] | None = None  # regexp
+    clauses: tuple[_Clause, ...] = ()  # version
+    number: float | None = None  # the value, when it is a number
+
     def matches(self, node: Node) -> bool:
-        have = self.lookup(node)
+        have = self.attribute.lookup(node)
         if have is None:
             return self.operator in _MISSING_OK
         op = self.operator
@@ -205,17 +235,6 @@ def _ordered(op: Operator, have: str, want: str, number: float | None) -> bool:
     return _holds(op, (have > want) - (have < want))
 
 
-def _source(attribute: str) -> tuple[str, str]:
-    if attribute in ("node.name", "node.address"):
-        return attribute[5:], ""
-    head, dot, rest = attribute.partition(".")
-    if dot and rest and head == "attr":
-        return "attr", rest
-    if dot and rest and head in ("label", "meta"):
-        return "label", rest
-    return "label", attribute
-
-
 def parse_constraint(text: str) -> Constraint:
     """The constraint `text` states; raises ValueError with a message for the user."""
     m = _SYNTAX.match(text)
@@ -223,9 +242,7 @@ def parse_constraint(text: str) -> Constraint:
         raise ValueError("expected '<attribute> <operator> <value>' such as 'zone != c' "
                          "(operators: ==, !=, <, <=, >, >=, in, not_in, regexp, version), "
                          f"got {text!r}")
-    attribute, value = m.group("attr"), m.group("value")
-    if attribute.startswith("${") and attribute.endswith("}"):
-        attribute = attribute[2:-1]
+    value = m.group("value")
     operator = Operator(m.group("sym") or m.group("word"))
     values: frozenset[str] = frozenset()
     pattern = None
@@ -242,7 +259,7 @@ def parse_constraint(text: str) -> Constraint:
             raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
     elif operator == Operator.VERSION:
         clauses = _parse_requirement(value)
-    source, key = _source(attribute)
-    return Constraint(text=text.strip(), attribute=attribute, operator=operator, value=value,
-                      source=source, key=key, values=values, pattern=pattern, clauses=clauses,
+    return Constraint(text=text.strip(), attribute=parse_attribute(m.group("attr")),
+                      operator=operator, value=value, values=values, pattern=pattern,
+                      clauses=clauses,
                       number=float(value) if _NUMBER.match(value) else None)

@@ -16,7 +16,7 @@ from corral.server.records import Records
 from corral.server.watchhub import WatchHub
 from corral.store.base import Store
 
-__all__ = ["InstanceUsage", "ServerConfig", "ServerContext", "random_id"]
+__all__ = ["InstanceUsage", "ServerConfig", "ServerContext", "heartbeat_ttl", "random_id"]
 
 
 def random_id() -> str:
@@ -30,7 +30,10 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 7070
     token: str = ""  # admin token; read from data_dir/admin-token when empty
-    node_ttl: float = 10.0  # a node missing heartbeats this long is down
+    node_ttl: float = 10.0  # the least time without heartbeats after which a node is down
+    # The TTL grows with the cluster so the server never handles more heartbeats than this
+    # per second (Nomad's max_heartbeats_per_second): ttl = max(node_ttl, nodes / rate).
+    max_heartbeats_per_second: float = 50.0
     artifact_max_bytes: int = 512 * 1024 * 1024
     terminal_retention: float = 3600.0  # keep stopped/lost instances this long for `ps -a`
     event_retention: int = 10_000  # events kept (newest)
@@ -51,6 +54,12 @@ class InstanceUsage:
     memory: int  # bytes
     pids: int
     time: float
+
+
+def heartbeat_ttl(config: ServerConfig, nodes: int) -> float:
+    """How long a node may go without a heartbeat before it is down; agents heartbeat three
+    times per TTL, so the server sees about `nodes * 3 / ttl` heartbeats per second."""
+    return max(config.node_ttl, 3 * nodes / config.max_heartbeats_per_second)
 
 
 @dataclass(slots=True, kw_only=True)

@@ -30,7 +30,7 @@ from corral.model.node import DEFAULT_PORT_RANGE, Node, NodeResources, NodeState
 from corral.scheduler import Snapshot, node_usage
 from corral.server import keys
 from corral.server.api.deps import check_name, get_ctx
-from corral.server.context import InstanceUsage, ServerContext
+from corral.server.context import InstanceUsage, ServerContext, heartbeat_ttl
 from corral.server.errors import ApiError
 
 __all__ = ["router"]
@@ -93,7 +93,8 @@ async def register(body: RegisterBody, ctx: Ctx) -> dict[str, Any]:
         if current is not None and current.record.state == NodeState.DRAINING else None,
     )
     lease_id = secrets.randbits(62) or 1
-    await ctx.store.lease_grant(lease_id, ctx.config.node_ttl, now=now)
+    ttl = await _ttl(ctx)
+    await ctx.store.lease_grant(lease_id, ttl, now=now)
     txn = ctx.records.txn().put(keys.node(node.name), node,
                                 expect=current.mod_revision if current else 0)
     txn.put_raw(keys.node_alive(node.name), str(lease_id).encode(), lease=lease_id)
@@ -104,8 +105,12 @@ async def register(body: RegisterBody, ctx: Ctx) -> dict[str, Any]:
         txn.event("node", node.name, "ready", f"node {node.name} is back")
     if await txn.commit() is None:
         raise ApiError(409, f"node {node.name} changed during registration; retry")
-    return {"name": node.name, "lease_id": lease_id, "ttl": ctx.config.node_ttl,
-            "heartbeat_interval": ctx.config.node_ttl / 3}
+    return {"name": node.name, "lease_id": lease_id, "ttl": ttl, "heartbeat_interval": ttl / 3}
+
+
+async def _ttl(ctx: ServerContext) -> float:
+    alive, _ = await ctx.store.range(keys.NODES_ALIVE)
+    return heartbeat_ttl(ctx.config, len(alive) + 1)
 
 
 @router.put("/{name}/heartbeat")
@@ -114,9 +119,13 @@ async def heartbeat(name: str, lease_id: int, ctx: Ctx) -> dict[str, Any]:
     if alive is None or alive.value != str(lease_id).encode():
         raise ApiError(404, f"node {name} is not registered with lease {lease_id}; register "
                             "again")
-    if not await ctx.store.lease_keepalive(lease_id, now=ctx.clock.now()):
+    now = ctx.clock.now()
+    if not await ctx.store.lease_keepalive(lease_id, now=now):
         raise ApiError(404, f"lease of node {name} expired; register again")
-    return {"ok": True}
+    # The TTL follows the cluster's size: re-grant the (live) lease with today's value.
+    ttl = await _ttl(ctx)
+    await ctx.store.lease_grant(lease_id, ttl, now=now)
+    return {"ok": True, "ttl": ttl, "heartbeat_interval": ttl / 3}
 
 
 async def _usage(ctx: ServerContext) -> tuple[list[Node], dict[str, Any]]:

@@ -15,7 +15,7 @@ import dataclasses
 from corral.model.instance import TERMINAL_STATES, Instance, InstanceState
 from corral.model.node import Node, NodeState
 from corral.server import keys
-from corral.server.context import ServerContext
+from corral.server.context import ServerContext, heartbeat_ttl
 from corral.server.controllers.base import Controller
 
 __all__ = ["CONTROLLER", "reconcile_nodes", "renew_all_leases"]
@@ -24,8 +24,9 @@ __all__ = ["CONTROLLER", "reconcile_nodes", "renew_all_leases"]
 async def renew_all_leases(ctx: ServerContext) -> None:
     alive, _ = await ctx.store.range(keys.NODES_ALIVE)
     now = ctx.clock.now()
+    ttl = heartbeat_ttl(ctx.config, len(alive))
     for kv in alive:
-        await ctx.store.lease_grant(int(kv.value), ctx.config.node_ttl, now=now)
+        await ctx.store.lease_grant(int(kv.value), ttl, now=now)
 
 
 async def reconcile_nodes(ctx: ServerContext) -> None:
@@ -43,8 +44,8 @@ async def reconcile_nodes(ctx: ServerContext) -> None:
         txn = ctx.records.txn()
         txn.put(keys.node(node.name), dataclasses.replace(node, state=NodeState.DOWN),
                 expect=item.mod_revision)
-        txn.event("node", node.name, "down", f"node {node.name} missed heartbeats for "
-                  f"{ctx.config.node_ttl:g}s: down")
+        txn.event("node", node.name, "down", f"node {node.name} missed its heartbeats "
+                  "(lease expired): down")
         for inst_item in instances:
             inst = inst_item.record
             if inst.node != node.name or inst.state in TERMINAL_STATES:
