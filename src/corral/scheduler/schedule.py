@@ -9,25 +9,36 @@ Requests are placed in the order given. Each decision is committed into the per-
 before the next request is considered, so a batch never overcommits a node, and a request is
 failed only if no node can take it given the earlier decisions of the same batch.
 
-The node and driver checks (`feasibility.node_reject`) cannot change during one call, so they
-run once per distinct requested driver; each request then scans only the eligible nodes.
+The node, driver and constraint checks (`feasibility.node_reject`, `constraint_reject`)
+cannot change during one call, so they run once per distinct (driver, constraints) pair, and
+each constraint is parsed once per distinct set; each request then scans only the eligible
+nodes. `distinct_hosts` and `spread` depend on where the batch has put the service's other
+instances, so they read counts that `Colocation` keeps current, never the instance list.
+Requests without placement rules take the same path as before those rules existed.
 
 Neighbours: `snapshot.py` (input and budgets), `feasibility.py` (which nodes, why not),
-`rank.py` (which of them), `ports.py` (which ports).
+`colocation.py` (where each service's instances are), `rank.py` (which of the feasible
+nodes), `ports.py` (which ports).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from corral.model.application import PlacementSpec
+from corral.model.constraints import Constraint, parse_attribute
 from corral.scheduler import rank
+from corral.scheduler.colocation import Colocation, ServiceKey
 from corral.scheduler.feasibility import (
+    DISTINCT_HOSTS,
     Need,
     PlacementRequest,
+    constraint_reject,
     explain,
     node_reject,
+    parse_constraints,
     resource_reject,
 )
 from corral.scheduler.ports import pick_ports
@@ -59,16 +70,18 @@ class Plan:
 
 @dataclass(slots=True)
 class _Pool:
-    """The ready nodes that can run one driver, and how many nodes were ruled out and why."""
+    """The ready nodes that can run one driver and satisfy one set of constraints, and how
+    many nodes were ruled out and why."""
 
     eligible: list[NodeBudget]
     rejected: Counter[str] = field(default_factory=Counter)
 
 
-def _pool(budgets: list[NodeBudget], driver: str | None) -> _Pool:
+def _pool(budgets: list[NodeBudget], driver: str | None,
+          constraints: tuple[Constraint, ...]) -> _Pool:
     pool = _Pool(eligible=[])
     for budget in budgets:
-        dimension = node_reject(budget, driver)
+        dimension = node_reject(budget, driver) or constraint_reject(budget.node, constraints)
         if dimension is None:
             pool.eligible.append(budget)
         else:
@@ -76,7 +89,44 @@ def _pool(budgets: list[NodeBudget], driver: str | None) -> _Pool:
     return pool
 
 
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    """A placement spec made ready to apply, once per distinct spec in the batch."""
+
+    constraints: tuple[Constraint, ...] = ()
+    invalid: str = ""  # why no node could ever take it: a constraint or spread that is no rule
+
+
+def _rules(spec: PlacementSpec) -> _Rules:
+    try:
+        if spec.spread is not None:
+            parse_attribute(spec.spread)
+        return _Rules(constraints=parse_constraints(spec.constraints))
+    except ValueError as exc:
+        return _Rules(invalid=str(exc))
+
+
+@dataclass(frozen=True, slots=True)
+class _Occupancy:
+    """What distinct_hosts and spread need for one request: where its service already is."""
+
+    on_node: Mapping[str, int] | None  # distinct_hosts: node name -> instances of the service
+    values: Mapping[str, str] | None  # spread: node name -> the node's spread value
+    per_value: Mapping[str, int]  # spread: value -> instances of the service
+
+
+def _occupancy(colocation: Colocation, key: ServiceKey, spec: PlacementSpec) -> _Occupancy:
+    spread = spec.spread
+    return _Occupancy(
+        on_node=colocation.on_node(key) if spec.distinct_hosts else None,
+        values=colocation.values(spread) if spread is not None else None,
+        per_value=colocation.per_value(key, spread) if spread is not None else {},
+    )
+
+
 def _best(pool: _Pool, need: Need) -> NodeBudget | None:
+    """The best eligible node for a request without distinct_hosts or spread. Kept apart from
+    `_best_placed` so the common case pays nothing per node for rules it does not have."""
     best: NodeBudget | None = None
     best_score = 0.0
     for budget in pool.eligible:
@@ -89,9 +139,33 @@ def _best(pool: _Pool, need: Need) -> NodeBudget | None:
     return best
 
 
-def _failure(request: PlacementRequest, need: Need, pool: _Pool) -> Failure:
-    counts = Counter(pool.rejected)
+def _best_placed(pool: _Pool, need: Need, occupancy: _Occupancy) -> NodeBudget | None:
+    """`_best` for a request with distinct_hosts, spread or both."""
+    best: NodeBudget | None = None
+    best_score = 0.0
+    on_node, values, per_value = occupancy.on_node, occupancy.values, occupancy.per_value
     for budget in pool.eligible:
+        if on_node is not None and budget.name in on_node:
+            continue
+        if resource_reject(budget, need) is not None:
+            continue
+        if values is None:
+            score = rank.score(budget, need)
+        else:
+            score = rank.spread_score(budget, need, per_value.get(values[budget.name], 0))
+        if best is None or score > best_score:  # ties: as in `_best`
+            best, best_score = budget, score
+    return best
+
+
+def _failure(request: PlacementRequest, need: Need, pool: _Pool,
+             occupancy: _Occupancy | None) -> Failure:
+    counts = Counter(pool.rejected)
+    on_node = occupancy.on_node if occupancy is not None else None
+    for budget in pool.eligible:
+        if on_node is not None and budget.name in on_node:
+            counts[DISTINCT_HOSTS] += 1
+            continue
         dimension = resource_reject(budget, need)
         if dimension is not None:
             counts[dimension] += 1
@@ -108,7 +182,13 @@ def schedule(snapshot: Snapshot, requests: Sequence[PlacementRequest]) -> Plan:
     than placed twice.
     """
     budgets = build_budgets(snapshot)
-    pools: dict[str | None, _Pool] = {}
+    pools: dict[tuple[str | None, tuple[str, ...]], _Pool] = {}
+    rules: dict[PlacementSpec, _Rules] = {}
+    # Built only when some request has a rule that needs it: one pass over the instances.
+    # Once built, every placement is recorded, with or without rules of its own, so a later
+    # request of the same service counts it.
+    colocation = (Colocation(snapshot) if any(
+        r.placement.distinct_hosts or r.placement.spread is not None for r in requests) else None)
     seen: set[str] = set()
     placements: list[Placement] = []
     failures: list[Failure] = []
@@ -119,19 +199,30 @@ def schedule(snapshot: Snapshot, requests: Sequence[PlacementRequest]) -> Plan:
             continue
         seen.add(request.instance_id)
         need = Need.of(request)
-        if need.invalid:
-            failures.append(Failure(instance_id=request.instance_id, reason=need.invalid,
-                                    dimensions={}))
+        spec = request.placement
+        rule = rules.get(spec)
+        if rule is None:
+            rule = rules[spec] = _rules(spec)
+        if need.invalid or rule.invalid:
+            failures.append(Failure(instance_id=request.instance_id,
+                                    reason=need.invalid or rule.invalid, dimensions={}))
             continue
-        pool = pools.get(need.driver)
+        pool_key = (need.driver, spec.constraints)
+        pool = pools.get(pool_key)
         if pool is None:
-            pool = pools[need.driver] = _pool(budgets, need.driver)
-        best = _best(pool, need)
+            pool = pools[pool_key] = _pool(budgets, need.driver, rule.constraints)
+        key = (request.namespace, request.app, request.service)
+        occupancy = None
+        if colocation is not None and (spec.distinct_hosts or spec.spread is not None):
+            occupancy = _occupancy(colocation, key, spec)
+        best = _best(pool, need) if occupancy is None else _best_placed(pool, need, occupancy)
         if best is None:
-            failures.append(_failure(request, need, pool))
+            failures.append(_failure(request, need, pool, occupancy))
             continue
         ports = pick_ports(best, request, need)
         best.take(cpu=need.cpu, memory=need.memory, ports=ports.values())
+        if colocation is not None:
+            colocation.record(key, best.node)
         placements.append(Placement(instance_id=request.instance_id, node=best.name,
                                     address=best.node.address, ports=ports))
     return Plan(placements=tuple(placements), failures=tuple(failures))

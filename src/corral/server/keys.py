@@ -6,6 +6,8 @@
 /instances/<id>                        Instance
 /nodes/<name>                          Node
 /nodes-alive/<name>                    lease id (attached to the node's lease)
+/nodes-auth/<name>                     NodeCredential (issued at join; hashes, no secrets)
+/tokens/<id>                           JoinToken (secret hashed)
 /artifacts/<hex>                       artifact metadata (the blob is on disk)
 /events/<time_ns:020>-<seq:08>         Event (index = the key's create_revision)
 ```
@@ -14,8 +16,9 @@
 from __future__ import annotations
 
 __all__ = [
-    "APPS", "APP_VERSIONS", "ARTIFACTS", "EVENTS", "INSTANCES", "NODES", "NODES_ALIVE", "app",
-    "app_version", "app_versions", "artifact", "event", "instance", "node", "node_alive",
+    "APPS", "APP_VERSIONS", "ARTIFACTS", "EVENTS", "INSTANCES", "NODES", "NODES_ALIVE",
+    "NODES_AUTH", "TOKENS", "app", "app_version", "app_versions", "artifact", "event",
+    "instance", "node", "node_alive", "node_auth", "token",
 ]
 
 APPS = "/apps/"
@@ -23,6 +26,8 @@ APP_VERSIONS = "/appversions/"
 INSTANCES = "/instances/"
 NODES = "/nodes/"
 NODES_ALIVE = "/nodes-alive/"
+NODES_AUTH = "/nodes-auth/"
+TOKENS = "/tokens/"
 ARTIFACTS = "/artifacts/"
 EVENTS = "/events/"
 
@@ -49,6 +54,14 @@ def node(name: str) -> str:
 
 def node_alive(name: str) -> str:
     return f"{NODES_ALIVE}{name}"
+
+
+def node_auth(name: str) -> str:
+    return f"{NODES_AUTH}{name}"
+
+
+def token(token_id: str) -> str:
+    return f"{TOKENS}{token_id}"
 
 
 def artifact(hex_digest: str) -> str:
