@@ -19,14 +19,20 @@ __all__ = ["StatusReporter"]
 
 log = logging.getLogger(__name__)
 
+_reporters: set[asyncio.Task[None]] = set()
+
 
 class StatusReporter:
     def __init__(self, client: Client, node: str, instance_id: str) -> None:
         self._client = client
         self._node = node
         self._id = instance_id
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._task = asyncio.create_task(self._run(), name=f"report-{instance_id}")
+        # asyncio keeps only weak references to tasks: without this, a reporter whose
+        # runner has finished could be collected with reports still queued.
+        _reporters.add(self._task)
+        self._task.add_done_callback(_reporters.discard)
 
     def report(self, **status: Any) -> None:
         status["node"] = self._node
@@ -40,6 +46,11 @@ class StatusReporter:
             log.warning("instance %s: %d status reports not yet delivered", self._id,
                         self._queue.qsize())
 
+    def finish(self) -> None:
+        """No more reports will come: deliver what is queued, then end (in the background,
+        however long the server stays unreachable)."""
+        self._queue.put_nowait(None)
+
     async def close(self) -> None:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
@@ -47,6 +58,9 @@ class StatusReporter:
     async def _run(self) -> None:
         while True:
             status = await self._queue.get()
+            if status is None:
+                self._queue.task_done()
+                return
             delay = 0.2
             try:
                 while True:

@@ -164,6 +164,7 @@ class Runner:
         except Exception as exc:  # a bug or an OS error must not kill the agent
             log.exception("instance %s failed unexpectedly", self.instance.id)
             self._report(S.FAILED, f"agent error: {exc}")
+        self._reporter.finish()
         await self._reporter.flush()
 
     def _config(self) -> TaskConfig:
@@ -292,7 +293,8 @@ class Runner:
                                          timeout=self.spec.stop_timeout)
         await self._release(self.handle)
         self.handle = None
-        reason = "stopped" if result is None else f"stopped ({result.reason})"
+        reason = self._stop_reason if result is None else \
+            f"{self._stop_reason}; {result.reason}"
         self._report(S.STOPPED, reason,
                      exit_code=result.exit_code if result is not None else None)
 
