@@ -7,7 +7,8 @@ data=${CORRAL_DEMO_DIR:-$HOME/.local/share/corral-demo}
 port=${CORRAL_DEMO_PORT:-7070}
 export CORRAL_CONFIG_DIR=${CORRAL_CONFIG_DIR:-$HOME/.config/corral}
 
-if ! curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; then
+if ! curl -fsS --cacert "$data/server/pki/ca.crt" "https://127.0.0.1:$port/healthz" \
+    >/dev/null 2>&1; then
   $corral up --detach --data-dir "$data" --port "$port"
 fi
 $corral apply -f examples/hello/app.yaml

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Generator
+import ssl
+from collections.abc import Callable, Generator
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -23,10 +25,23 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
-def make_server(app: FastAPI, *, host: str = "127.0.0.1", port: int = 0) -> EmbeddedServer:
-    return EmbeddedServer(uvicorn.Config(app, host=host, port=port, log_config=None,
-                                         access_log=False, timeout_graceful_shutdown=2,
-                                         lifespan="on"))
+def _tls_floor(_: uvicorn.Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    context = default()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def make_server(app: FastAPI, *, host: str = "127.0.0.1", port: int = 0,
+                certfile: Path | None = None, keyfile: Path | None = None) -> EmbeddedServer:
+    """With `certfile`/`keyfile`: HTTPS only (TLS 1.2 or newer); a plain-HTTP request then
+    fails its handshake."""
+    tls = certfile is not None
+    return EmbeddedServer(uvicorn.Config(
+        app, host=host, port=port, log_config=None, access_log=False,
+        timeout_graceful_shutdown=2, lifespan="on",
+        ssl_certfile=str(certfile) if tls else None,
+        ssl_keyfile=str(keyfile or certfile) if tls else None,
+        ssl_context_factory=_tls_floor if tls else None))
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

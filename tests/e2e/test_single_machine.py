@@ -251,8 +251,9 @@ def test_bad_input_gets_clear_errors_and_changes_nothing(cluster: LocalCluster,
         cluster.api(lambda c: c.request("PUT", f"/v1/artifacts/{digest}", content=blob))
     assert err.value.status == 422 and "escape" in err.value.message
     # no token, wrong token
-    assert httpx.get(f"{cluster.addr}/v1/apps").status_code == 401
-    assert httpx.get(f"{cluster.addr}/v1/apps",
+    tls = cluster.ssl_context()
+    assert httpx.get(f"{cluster.addr}/v1/apps", verify=tls).status_code == 401
+    assert httpx.get(f"{cluster.addr}/v1/apps", verify=tls,
                      headers={"authorization": "Bearer wrong"}).status_code == 401
     assert cluster.api(lambda c: c.status())["revision"] == before
 

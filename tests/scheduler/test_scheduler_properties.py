@@ -3,19 +3,23 @@ independent, deliberately naive model of the rules (no budgets, no shared code).
 
 For each request in order the model computes which nodes could take it given the snapshot
 and the plan's earlier placements. A placed request must be on one of them with valid ports;
-a failed request must have had none. At the end no node may be overcommitted.
+a failed request must have had none. At the end no node may be overcommitted. Placement rules
+are part of "could take it": constraints (drawn from a fixed list, each with a hand-written
+predicate), distinct_hosts, and for spread, the placed node's zone must have had the fewest
+instances of the service among the nodes that could take it.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corral.model.application import Resources
-from corral.model.instance import TERMINAL_STATES, Instance, InstanceState
+from corral.model.application import PlacementSpec, Resources
+from corral.model.instance import TERMINAL_STATES, DesiredState, Instance, InstanceState
 from corral.model.node import Node, NodeState
 from corral.scheduler import PlacementRequest, Plan, Snapshot, node_usage, schedule
 from corral.testing.factories import MiB, make_instance, make_node
@@ -24,6 +28,18 @@ from corral.testing.factories import MiB, make_instance, make_node
 # the dynamic ranges drawn below.
 STATIC_POOL = (80, 8080, 9000, 20000, 20001, 20003)
 PORT_NAMES = ("http", "admin", "metrics", "grpc")
+ZONES = ("a", "b", "c", None)  # None: no zone label
+KERNELS = ("4.19.0-25-amd64", "5.10.0", "5.15.0-91-generic", "6.1-rc3", "6.1.2", None)
+# Each constraint the batches draw, with what it means written out by hand.
+CONSTRAINTS: dict[str, Callable[[Node], bool]] = {
+    "zone != c": lambda n: n.labels.get("zone") != "c",
+    "zone in a, b": lambda n: n.labels.get("zone") in ("a", "b"),
+    "zone not_in a": lambda n: n.labels.get("zone") != "a",
+    "attr.kernel version >= 5.10, < 6.1": lambda n: n.attributes.get("kernel") in (
+        "5.10.0", "5.15.0-91-generic", "6.1-rc3"),
+    "node.name regexp [02468]$": lambda n: int(n.name[-1]) % 2 == 0,
+    "rack >= 3": lambda n: "rack" in n.labels and int(n.labels["rack"]) >= 3,
+}
 
 
 @dataclass
@@ -32,6 +48,11 @@ class ModelNode:
     cpu: int = 0  # millicores held
     memory: int = 0
     ports: list[int] = field(default_factory=list)  # a list, so a duplicate would show
+    services: Counter[str] = field(default_factory=Counter)  # live instances per service
+
+    @property
+    def zone(self) -> str:
+        return self.node.labels.get("zone", "")
 
     def free_range_ports(self) -> set[int]:
         lo, hi = self.node.port_range
@@ -45,6 +66,11 @@ def usable(node: Node, driver: str | None) -> bool:
 
 def fits(model: ModelNode, request: PlacementRequest) -> bool:
     node = model.node
+    rules = request.placement
+    if not all(CONSTRAINTS[text](node) for text in rules.constraints):
+        return False
+    if rules.distinct_hosts and model.services[request.service]:
+        return False
     static = list(request.static_ports.values())
     dynamic = [n for n in request.port_names if n not in request.static_ports]
     taken = set(model.ports) | set(node.reserved_ports)
@@ -67,7 +93,17 @@ def model_of(snapshot: Snapshot) -> dict[str, ModelNode]:
             held.cpu += round(instance.resources.cpu * 1000)
             held.memory += instance.resources.memory
             held.ports.extend(set(instance.ports.values()) | set(instance.static_ports.values()))
+            if (instance.desired == DesiredState.RUN and not instance.migrate
+                    and instance.state != InstanceState.STOPPING):
+                held.services[instance.service] += 1
     return model
+
+
+def per_zone(model: dict[str, ModelNode], service: str) -> Counter[str]:
+    zones: Counter[str] = Counter()
+    for held in model.values():
+        zones[held.zone] += held.services[service]
+    return zones
 
 
 @st.composite
@@ -87,7 +123,15 @@ def nodes(draw: st.DrawFn, index: int) -> Node:
         drivers=draw(st.sampled_from([{}, {"process": ""}, {"process": "", "sandbox": ""},
                                       {"process": "", "sandbox": "bwrap missing"}])),
         default_driver=draw(st.sampled_from(["process", "process", "sandbox"])),
+        labels=labels(draw),
+        attributes={"kernel": kernel} if (kernel := draw(st.sampled_from(KERNELS))) else {},
     )
+
+
+def labels(draw: st.DrawFn) -> dict[str, str]:
+    zone = draw(st.sampled_from(ZONES))
+    rack = draw(st.none() | st.integers(1, 12))
+    return {**({"zone": zone} if zone else {}), **({"rack": str(rack)} if rack else {})}
 
 
 def resources(draw: st.DrawFn) -> Resources:
@@ -116,7 +160,11 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
         free = sorted(held.free_range_ports())
         ports = {f"p{k}": port for k, port in enumerate(free[:draw(st.integers(0, 2))])}
         instance = make_instance(f"e{n}", node=node, state=state, cpu=res.cpu,
-                                 memory=res.memory, ports=ports)
+                                 memory=res.memory, ports=ports,
+                                 service=draw(st.sampled_from(["web", "db"])),
+                                 desired=draw(st.sampled_from([DesiredState.RUN] * 4
+                                                              + [DesiredState.STOP])),
+                                 migrate=draw(st.sampled_from([False] * 4 + [True])))
         if state in TERMINAL_STATES:
             instances.append(instance)  # may "overlap" anything: it holds nothing
             continue
@@ -139,8 +187,19 @@ def batches(draw: st.DrawFn) -> list[PlacementRequest]:
         requests.append(PlacementRequest(
             instance_id=f"r{n}", app="app", service=draw(st.sampled_from(["web", "db"])),
             resources=resources(draw), port_names=names, static_ports=static,
-            driver=draw(st.sampled_from([None, None, "process", "sandbox"]))))
+            driver=draw(st.sampled_from([None, None, "process", "sandbox"])),
+            placement=draw(placements())))
     return requests
+
+
+@st.composite
+def placements(draw: st.DrawFn) -> PlacementSpec:
+    if draw(st.booleans()):
+        return PlacementSpec()
+    return PlacementSpec(
+        constraints=tuple(draw(st.lists(st.sampled_from(sorted(CONSTRAINTS)), max_size=2))),
+        distinct_hosts=draw(st.booleans()),
+        spread=draw(st.sampled_from([None, "zone"])))
 
 
 def check(snapshot: Snapshot, requests: list[PlacementRequest], plan: Plan) -> None:
@@ -166,6 +225,9 @@ def check(snapshot: Snapshot, requests: list[PlacementRequest], plan: Plan) -> N
         placement = placed[request.instance_id]
         assert placement.node in feasible
         held = model[placement.node]
+        if request.placement.spread == "zone":  # the fewest of the service among the feasible
+            zones = per_zone(model, request.service)
+            assert zones[held.zone] == min(zones[model[name].zone] for name in feasible)
         assert placement.address == held.node.address
         assert placement.ports.keys() == set(request.port_names) | request.static_ports.keys()
         lo, hi = held.node.port_range
@@ -180,6 +242,7 @@ def check(snapshot: Snapshot, requests: list[PlacementRequest], plan: Plan) -> N
         held.cpu += round(request.resources.cpu * 1000)
         held.memory += request.resources.memory
         held.ports.extend(placement.ports.values())
+        held.services[request.service] += 1
 
     for held in model.values():
         assert held.cpu <= round(held.node.capacity.cpu * 1000)
@@ -191,6 +254,41 @@ def check(snapshot: Snapshot, requests: list[PlacementRequest], plan: Plan) -> N
 @given(snapshot=snapshots(), requests=batches())
 def test_plans_obey_every_rule(snapshot: Snapshot, requests: list[PlacementRequest]) -> None:
     check(snapshot, requests, schedule(snapshot, requests))
+
+
+@settings(max_examples=100, deadline=None)
+@given(zones=st.lists(st.sampled_from(ZONES), min_size=1, max_size=12),
+       count=st.integers(0, 40), distinct=st.booleans(), data=st.data())
+def test_spread_with_room_everywhere_is_even(zones: list[str | None], count: int,
+                                             distinct: bool, data: st.DataObject) -> None:
+    cluster = tuple(make_node(f"n{i:02d}", cpu=64, labels={"zone": zone} if zone else {})
+                    for i, zone in enumerate(zones))
+    # Existing instances already even (each zone 0 or 1 more than the least), or none.
+    values = sorted({zone or "" for zone in zones})
+    extra = data.draw(st.sets(st.sampled_from(values)))
+    first = {value: next(n.name for n in cluster if n.labels.get("zone", "") == value)
+             for value in values}
+    existing = tuple(make_instance(f"e-{value}", node=first[value]) for value in sorted(extra))
+    if distinct:
+        count = min(count, len(cluster) - len(existing))
+    requests = [PlacementRequest(instance_id=f"r{n}", app="app", service="web",
+                                 resources=Resources(cpu=0.1, memory=64 * MiB),
+                                 placement=PlacementSpec(spread="zone", distinct_hosts=distinct))
+                for n in range(count)]
+    plan = schedule(Snapshot(nodes=cluster, instances=existing), requests)
+    zone_of = {n.name: n.labels.get("zone", "") for n in cluster}
+    counts = Counter({value: 0 for value in values})
+    counts.update(zone_of[i.node or ""] for i in existing)
+    counts.update(zone_of[p.node] for p in plan.placements)
+    if not distinct:
+        assert plan.failures == ()
+        assert max(counts.values()) - min(counts.values()) <= 1
+    else:  # a zone runs out of nodes: the others stay within one of each other
+        assert len(plan.placements) == count
+        nodes_in = Counter(zone_of.values())
+        open_counts = [counts[v] for v in values if counts[v] < nodes_in[v]]
+        assert not open_counts or max(open_counts) - min(open_counts) <= 1
+        assert all(counts[v] <= min(open_counts, default=counts[v]) + 1 for v in values)
 
 
 @settings(max_examples=50, deadline=None)

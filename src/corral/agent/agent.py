@@ -157,6 +157,10 @@ class Agent:
                 if exc.status == 404:
                     self._registered.clear()
                     await self.register()
+                else:
+                    # 401: this node's identity was revoked. Instances keep running until
+                    # the disconnect rule stops them; the server has replaced them.
+                    log.error("heartbeat refused (%d): %s", exc.status, exc.message)
             except Unreachable as exc:
                 log.warning("heartbeat failed: %s", exc)
 

@@ -4,7 +4,12 @@ to the node that ran the instance, as the Kubernetes apiserver does to kubelets)
 - `GET /healthz`
 - `GET /v1/agent/instances/{id}/logs?since=&tail=&follow=&stream=` newline-delimited JSON
   lines `{"time", "stream", "text"}`, oldest first.
-Every request but `/healthz` needs the cluster token.
+Every request but `/healthz` needs the secret the server presents: the `agent_token` this
+node received when it joined (then the API is HTTPS with the node certificate, which the
+server checks against the cluster CA and the node's name), or the admin token for an agent
+run with it. Rejected alternative: the server authenticating with a client certificate
+(mTLS); uvicorn does not pass the peer certificate to the app, so the agent could not tell
+the server's certificate from another node's.
 """
 
 from __future__ import annotations

@@ -3,6 +3,11 @@
 Order matters: stale cgroups from an earlier agent are cleaned before anything starts (no
 instance is left running unsupervised), the agent's HTTP endpoint is bound before
 registering (its URL is part of the node record), then the loops run.
+
+A joined agent (`identity` set; see `agent/identity.py`) talks to the server with its node
+credential over TLS verified against the cluster CA, and serves its own API over HTTPS
+with its node certificate. An agent run with the admin token (`--server`, no join) serves
+its API over plain HTTP, as before joining existed.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 from corral.agent.agent import Agent, AgentConfig
 from corral.agent.api import create_agent_app
 from corral.agent.drivers import make_drivers
+from corral.agent.identity import NodeIdentity
 from corral.client import Client, ClientConfig
 from corral.clock import SystemClock
 from corral.serving import bind_socket, make_server
@@ -30,20 +36,24 @@ log = logging.getLogger(__name__)
 class AgentOptions:
     config: AgentConfig
     server: str
-    token: str
+    token: str  # the node credential when joined, else the admin token
     http_host: str
     http_port: int
     cgroup_parent: str
     stop_instances_on_exit: bool
     usage_interval: float = 10.0
+    cacert: str = ""  # the CA the server's certificate must chain to ("": system CAs)
+    identity: NodeIdentity | None = None
 
 
 async def serve_agent(opts: AgentOptions) -> None:
     registry = make_drivers(cgroup_parent=opts.cgroup_parent)
     sock = bind_socket(opts.http_host, opts.http_port)
-    agent_url = f"http://{opts.config.address}:{sock.getsockname()[1]}"
+    identity = opts.identity
+    scheme = "https" if identity else "http"
+    agent_url = f"{scheme}://{opts.config.address}:{sock.getsockname()[1]}"
     config = dataclasses.replace(opts.config, agent_url=agent_url)
-    client = Client(ClientConfig(addr=opts.server, token=opts.token))
+    client = Client(ClientConfig(addr=opts.server, token=opts.token, cacert=opts.cacert))
     agent = Agent(config=config, client=client, drivers=registry.usable,
                   default_driver=registry.default, driver_status=registry.status,
                   clock=SystemClock(), all_drivers=registry.built)
@@ -53,8 +63,11 @@ async def serve_agent(opts: AgentOptions) -> None:
     stale = await registry.cleanup_stale(keep=recovered)
     log.info("start-up: %d instances adopted, %d stale groups removed", len(recovered),
              len(stale))
-    http = make_server(create_agent_app(token=opts.token,
-                                        log_dir_of=lambda iid: agent.dirs(iid).logs))
+    http = make_server(
+        create_agent_app(token=identity.agent_token if identity else opts.token,
+                         log_dir_of=lambda iid: agent.dirs(iid).logs),
+        certfile=identity.cert_path if identity else None,
+        keyfile=identity.key_path if identity else None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -28,7 +28,7 @@ def call(fn: Callable[[Client], Awaitable[T]]) -> T:
     except Unreachable as exc:
         die(str(exc), EXIT_UNREACHABLE)
     except ApiError as exc:
-        if exc.status == 401:
+        if exc.status in (401, 403):
             die(f"{exc.message} (server {load_config().addr})", EXIT_UNREACHABLE)
         if exc.status == 404:
             die(exc.message, EXIT_NOT_FOUND)

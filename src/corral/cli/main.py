@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import typer
 
-from corral.cli import agent, apply, delete, events, logs, node, nodes, ps, server, status, up
+from corral.cli import (
+    agent,
+    apply,
+    delete,
+    dev,
+    events,
+    logs,
+    node,
+    nodes,
+    ps,
+    server,
+    status,
+    token,
+    up,
+)
 
 __all__ = ["app", "main"]
 
@@ -24,6 +38,8 @@ app.command()(events.events)
 app.command()(nodes.nodes)
 app.command()(delete.delete)
 app.add_typer(node.app, name="node")
+app.add_typer(token.app, name="token")
+app.add_typer(dev.app, name="dev")
 
 
 def main() -> None:

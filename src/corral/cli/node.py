@@ -1,10 +1,12 @@
-"""`corral node drain|cordon|uncordon NODE`: take a node out of service and back.
+"""`corral node drain|cordon|uncordon|revoke NODE`: take a node out of service and back.
 
 `drain` moves the node's instances elsewhere (replacements first, `update.max_parallel` at a
 time per service) and waits until none is left and the node is `ineligible`, with
 progress; `--deadline 30m` stops whatever is left after that long; `--detach` returns at
 once. `cordon` stops new placements only; `uncordon` makes the node eligible again (and
-cancels a drain).
+cancels a drain). `revoke` withdraws a joined node's identity: its agent is refused at once,
+the node turns `down` and its instances are replaced; the name can join again (a machine
+that lost its data dir, or one that must never come back).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from corral.model.units import parse_duration
 
 __all__ = ["app"]
 
-app = typer.Typer(help="Drain, cordon or uncordon a node.", no_args_is_help=True)
+app = typer.Typer(help="Drain, cordon, uncordon or revoke a node.", no_args_is_help=True)
 
 
 def _show(node: dict[str, Any], as_json: bool) -> None:
@@ -79,3 +81,14 @@ def uncordon(name: str = typer.Argument(..., help="Node name."),
              as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Make a node eligible for placements again (cancels a drain)."""
     _show(call(lambda c: c.uncordon_node(name)), as_json)
+
+
+@app.command()
+def revoke(name: str = typer.Argument(..., help="Node name."),
+           as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Withdraw a joined node's identity (it must join again with a new token)."""
+    answer: dict[str, Any] = call(lambda c: c.revoke_node(name))
+    if as_json:
+        print_json(answer)
+    else:
+        console.print(f"node {name}: identity revoked; its agent must join again")

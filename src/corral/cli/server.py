@@ -1,5 +1,6 @@
 """`corral server [--data-dir D] [--host H] [--port P] [--store URL]`: the API server and
-its controllers, in the foreground."""
+its controllers, in the foreground, over HTTPS with a certificate from the cluster CA it
+makes at its first start (`server/pki.py`, `server/main.py`)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from pathlib import Path
 
 import typer
 
-from corral.cli.output import EXIT_USAGE, die
+from corral.cli.output import EXIT_FAILED, EXIT_USAGE, die
 from corral.logconfig import setup_logging
 from corral.model.units import parse_size
 from corral.server.context import ServerConfig
 from corral.server.main import serve
+from corral.server.pki import PkiError
 
 __all__ = ["default_data_dir", "server"]
 
@@ -35,6 +37,14 @@ def server(
                                                            "before a node is down."),
     artifact_max_size: str = typer.Option("512MiB", "--artifact-max-size",
                                           help="Largest artifact accepted (unpacked)."),
+    advertise_address: list[str] = typer.Option(
+        [], "--advertise-address", help="Another IP or DNS name clients and agents reach "
+        "the server at (repeatable; goes in its certificate, the first one in the join "
+        "command printed)."),
+    insecure_http: bool = typer.Option(
+        False, "--insecure-http", help="Serve plain HTTP: only behind a TLS-terminating "
+        "proxy or on a closed test network. Tokens then cross the network in clear and "
+        "agents cannot join (they need --server and the admin token)."),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Run the API server (and its controllers)."""
@@ -45,5 +55,9 @@ def server(
         die(f"--artifact-max-size: {exc}", EXIT_USAGE)
     config = ServerConfig(data_dir=(data_dir or default_data_dir()).resolve(), host=host,
                           port=port, store_url=store, node_ttl=node_ttl,
-                          artifact_max_bytes=max_bytes)
-    asyncio.run(serve(config))
+                          artifact_max_bytes=max_bytes, insecure_http=insecure_http,
+                          advertise_addresses=tuple(advertise_address))
+    try:
+        asyncio.run(serve(config))
+    except PkiError as exc:
+        die(f"cluster CA: {exc}", EXIT_FAILED)

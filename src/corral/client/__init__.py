@@ -1,6 +1,7 @@
 """Typed HTTP client for the Corral API."""
 
 from corral.client.config import ClientConfig, load_config, write_config
-from corral.client.http import ApiError, Client, Unreachable
+from corral.client.http import ApiError, Client, Unreachable, UntrustedServer
 
-__all__ = ["ApiError", "Client", "ClientConfig", "Unreachable", "load_config", "write_config"]
+__all__ = ["ApiError", "Client", "ClientConfig", "Unreachable", "UntrustedServer", "load_config",
+           "write_config"]

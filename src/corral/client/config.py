@@ -1,6 +1,11 @@
-"""Where the CLI finds the server: `CORRAL_ADDR` and `CORRAL_TOKEN` from the environment,
-else from `<config dir>/corral/corral.env` (written by `corral up`, mode 0600), where the
-config dir is `$XDG_CONFIG_HOME` or `~/.config`. `CORRAL_CONFIG_DIR` overrides the folder.
+"""Where the CLI finds the server: `CORRAL_ADDR`, `CORRAL_TOKEN` and `CORRAL_CACERT` from
+the environment, else from `<config dir>/corral/corral.env` (written by `corral up`, mode
+0600), where the config dir is `$XDG_CONFIG_HOME` or `~/.config`. `CORRAL_CONFIG_DIR`
+overrides the folder.
+
+`CORRAL_CACERT` is the PEM file of the cluster CA (`<server data>/pki/ca.crt`): the server's
+certificate must chain to it. Without it, an `https://` server is checked against the
+system's CAs (a server behind a proxy with a public certificate).
 """
 
 from __future__ import annotations
@@ -9,15 +14,18 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ClientConfig", "config_path", "load_config", "write_config"]
+from corral.secretfile import write_private
 
-DEFAULT_ADDR = "http://127.0.0.1:7070"
+__all__ = ["DEFAULT_ADDR", "ClientConfig", "config_path", "load_config", "write_config"]
+
+DEFAULT_ADDR = "https://127.0.0.1:7070"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClientConfig:
     addr: str
     token: str
+    cacert: str = ""  # the CA's PEM file; "": the system's CAs
 
 
 def config_path() -> Path:
@@ -41,22 +49,21 @@ def _read(path: Path) -> dict[str, str]:
     return values
 
 
-def load_config(*, addr: str | None = None, token: str | None = None) -> ClientConfig:
+def load_config(*, addr: str | None = None, token: str | None = None,
+                cacert: str | None = None) -> ClientConfig:
     saved = _read(config_path())
-    return ClientConfig(
-        addr=(addr or os.environ.get("CORRAL_ADDR") or saved.get("CORRAL_ADDR")
-              or DEFAULT_ADDR).rstrip("/"),
-        token=token or os.environ.get("CORRAL_TOKEN") or saved.get("CORRAL_TOKEN") or "",
-    )
+
+    def pick(given: str | None, name: str) -> str:
+        return given or os.environ.get(name) or saved.get(name) or ""
+
+    return ClientConfig(addr=(pick(addr, "CORRAL_ADDR") or DEFAULT_ADDR).rstrip("/"),
+                        token=pick(token, "CORRAL_TOKEN"), cacert=pick(cacert, "CORRAL_CACERT"))
 
 
 def write_config(config: ClientConfig) -> Path:
     path = config_path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"CORRAL_ADDR={config.addr}\nCORRAL_TOKEN={config.token}\n")
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    lines = [f"CORRAL_ADDR={config.addr}", f"CORRAL_TOKEN={config.token}"]
+    if config.cacert:
+        lines.append(f"CORRAL_CACERT={config.cacert}")
+    write_private(path, "\n".join(lines) + "\n")
     return path

@@ -2,12 +2,17 @@
 hollow nodes. Async only (STYLE.md rule 14): the CLI wraps calls in `asyncio.run`.
 
 Errors: a non-2xx answer raises `ApiError` with the server's message; a server that cannot
-be reached raises `Unreachable` saying where it looked.
+be reached, or whose certificate does not verify, raises `Unreachable` saying where it
+looked and what to set.
+
+TLS: the server is verified against `config.cacert` (the cluster CA) when given, else
+against the system's CAs; never not at all.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +21,7 @@ import httpx
 
 from corral.client.config import ClientConfig
 
-__all__ = ["ApiError", "Client", "Unreachable"]
+__all__ = ["ApiError", "Client", "Unreachable", "UntrustedServer", "tls_context"]
 
 
 class ApiError(Exception):
@@ -29,6 +34,43 @@ class ApiError(Exception):
 
 class Unreachable(Exception):
     pass
+
+
+class UntrustedServer(Unreachable):
+    """The server answered with a certificate that does not verify: retrying won't help."""
+
+
+def tls_context(cacert: str) -> ssl.SSLContext:
+    """A client context that trusts only the CA in `cacert` (or the system's CAs for "")."""
+    try:
+        return ssl.create_default_context(cafile=cacert or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise Unreachable(f"cannot read the CA certificate {cacert!r} (CORRAL_CACERT): "
+                          f"{exc}") from exc
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _unreachable(config: ClientConfig, exc: httpx.TransportError, what: str) -> Unreachable:
+    bad_cert = _cause(exc)
+    if bad_cert is not None:
+        trust = f"the CA in {config.cacert}" if config.cacert else "the system's CAs"
+        return UntrustedServer(
+            f"the corral server at {config.addr} has a certificate that does not verify "
+            f"against {trust} ({getattr(bad_cert, 'verify_message', '') or bad_cert}); set "
+            "CORRAL_CACERT to the cluster CA (<server data>/pki/ca.crt; `corral up` writes "
+            "it to the config)")
+    hint = ("; the server speaks HTTPS unless started with --insecure-http"
+            if config.addr.startswith("http://") else "")
+    return Unreachable(f"{what} at {config.addr} ({exc or type(exc).__name__}); is `corral "
+                       f"up` running? (CORRAL_ADDR){hint}")
 
 
 def _error(resp: httpx.Response) -> ApiError:
@@ -45,7 +87,9 @@ class Client:
                  timeout: float = 30.0) -> None:
         self.config = config
         headers = {"authorization": f"Bearer {config.token}"} if config.token else {}
-        self._http = httpx.AsyncClient(base_url=config.addr, headers=headers,
+        # An injected transport (tests: ASGI) has no TLS to verify.
+        verify = tls_context(config.cacert) if transport is None else True
+        self._http = httpx.AsyncClient(base_url=config.addr, headers=headers, verify=verify,
                                        transport=transport, timeout=timeout)
 
     async def __aenter__(self) -> Client:
@@ -64,8 +108,7 @@ class Client:
                 kwargs["timeout"] = timeout
             resp = await self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise Unreachable(f"cannot reach the corral server at {self.config.addr} ({exc}); "
-                              "is `corral up` running? (CORRAL_ADDR)") from exc
+            raise _unreachable(self.config, exc, "cannot reach the corral server") from exc
         if resp.status_code >= 400:
             raise _error(resp)
         if not resp.content:
@@ -83,7 +126,7 @@ class Client:
                     if line.strip():
                         yield json.loads(line)
         except httpx.TransportError as exc:
-            raise Unreachable(f"lost the corral server at {self.config.addr} ({exc})") from exc
+            raise _unreachable(self.config, exc, "lost the corral server") from exc
 
     # applications
     async def apply(self, spec: dict[str, Any], *, dry_run: bool = False) -> Any:
@@ -199,8 +242,37 @@ class Client:
                     async for chunk in resp.aiter_bytes():
                         f.write(chunk)
         except httpx.TransportError as exc:
-            raise Unreachable(f"cannot download {digest} from {self.config.addr}: {exc}") \
-                from exc
+            raise _unreachable(self.config, exc, f"cannot download {digest}") from exc
+
+    # joining and identities
+    async def ca_certificate(self) -> str:
+        """The cluster CA (PEM); public, so a joining agent can pin it by hash."""
+        try:
+            resp = await self._http.get("/v1/join/ca")
+        except httpx.TransportError as exc:
+            raise _unreachable(self.config, exc, "cannot reach the corral server") from exc
+        if resp.status_code >= 400:
+            raise _error(resp)
+        return resp.text
+
+    async def join(self, *, token: str, name: str, csr: str) -> Any:
+        return await self.request("POST", "/v1/join",
+                                  json={"token": token, "name": name, "csr": csr})
+
+    async def revoke_node(self, name: str) -> Any:
+        return await self.request("DELETE", f"/v1/nodes/{name}/credential")
+
+    async def create_token(self, *, ttl: float | None = None, description: str = "") -> Any:
+        body: dict[str, Any] = {"description": description}
+        if ttl is not None:
+            body["ttl"] = ttl
+        return await self.request("POST", "/v1/tokens", json=body)
+
+    async def list_tokens(self) -> Any:
+        return await self.request("GET", "/v1/tokens")
+
+    async def revoke_token(self, token_id: str) -> Any:
+        return await self.request("DELETE", f"/v1/tokens/{token_id}")
 
     async def status(self) -> Any:
         return await self.request("GET", "/v1/status")

@@ -52,8 +52,9 @@ class Operator(StrEnum):
     VERSION = "version"
 
 
+_NAME = r"[A-Za-z_$][\w.${}/-]*"  # an attribute name, `${...}` included
 _SYNTAX = re.compile(
-    r"^\s*(?P<attr>[A-Za-z_$][\w.${}/-]*)\s*"
+    rf"^\s*(?P<attr>{_NAME})\s*"
     r"(?:(?P<sym>==|!=|<=|>=|<|>)|\s(?P<word>in|not_in|regexp|version)\s)"
     r"\s*(?P<value>\S.*?)\s*$")
 _NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
@@ -156,7 +157,7 @@ def _version_ok(version: Version, clauses: tuple[_Clause, ...]) -> bool:
 
 # --- constraints ----------------------------------------------------------------------------
 
-_ATTRIBUTE = re.compile(r"^[A-Za-z_$][\w.${}/-]*$")
+_ATTRIBUTE = re.compile(rf"^{_NAME}$")
 
 
 @dataclass(frozen=True, slots=True)

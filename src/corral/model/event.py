@@ -12,7 +12,7 @@ from typing import Any
 
 __all__ = ["TOPICS", "Event"]
 
-TOPICS = ("node", "app", "deployment", "instance", "job")
+TOPICS = ("node", "app", "deployment", "instance", "job", "token")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

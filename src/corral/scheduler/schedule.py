@@ -74,7 +74,17 @@ class _Pool:
     many nodes were ruled out and why."""
 
     eligible: list[NodeBudget]
+    names: list[str] = field(default_factory=list)  # of the eligible nodes, in the same order
     rejected: Counter[str] = field(default_factory=Counter)
+    # Spread attribute -> each eligible node's value, in order: looked up once per pool.
+    spread_values: dict[str, list[str]] = field(default_factory=dict)
+
+    def values(self, colocation: Colocation, attribute: str) -> list[str]:
+        values = self.spread_values.get(attribute)
+        if values is None:
+            by_name = colocation.values(attribute)
+            values = self.spread_values[attribute] = [by_name[name] for name in self.names]
+        return values
 
 
 def _pool(budgets: list[NodeBudget], driver: str | None,
@@ -84,6 +94,7 @@ def _pool(budgets: list[NodeBudget], driver: str | None,
         dimension = node_reject(budget, driver) or constraint_reject(budget.node, constraints)
         if dimension is None:
             pool.eligible.append(budget)
+            pool.names.append(budget.name)
         else:
             pool.rejected[dimension] += 1
     return pool
@@ -111,15 +122,16 @@ class _Occupancy:
     """What distinct_hosts and spread need for one request: where its service already is."""
 
     on_node: Mapping[str, int] | None  # distinct_hosts: node name -> instances of the service
-    values: Mapping[str, str] | None  # spread: node name -> the node's spread value
+    values: list[str] | None  # spread: each eligible node's value, in pool order
     per_value: Mapping[str, int]  # spread: value -> instances of the service
 
 
-def _occupancy(colocation: Colocation, key: ServiceKey, spec: PlacementSpec) -> _Occupancy:
+def _occupancy(colocation: Colocation, pool: _Pool, key: ServiceKey,
+               spec: PlacementSpec) -> _Occupancy:
     spread = spec.spread
     return _Occupancy(
         on_node=colocation.on_node(key) if spec.distinct_hosts else None,
-        values=colocation.values(spread) if spread is not None else None,
+        values=pool.values(colocation, spread) if spread is not None else None,
         per_value=colocation.per_value(key, spread) if spread is not None else {},
     )
 
@@ -141,20 +153,23 @@ def _best(pool: _Pool, need: Need) -> NodeBudget | None:
 
 def _best_placed(pool: _Pool, need: Need, occupancy: _Occupancy) -> NodeBudget | None:
     """`_best` for a request with distinct_hosts, spread or both."""
+    on_node, per_value = occupancy.on_node, occupancy.per_value
+    values = occupancy.values if occupancy.values is not None else [""] * len(pool.names)
     best: NodeBudget | None = None
-    best_score = 0.0
-    on_node, values, per_value = occupancy.on_node, occupancy.values, occupancy.per_value
-    for budget in pool.eligible:
-        if on_node is not None and budget.name in on_node:
+    best_score, best_count = 0.0, 0
+    for budget, name, value in zip(pool.eligible, pool.names, values, strict=True):
+        if on_node is not None and name in on_node:
+            continue
+        count = per_value.get(value, 0)
+        # Spread outranks bin-packing (rank.py), so a node on a busier value than the best so
+        # far can never win: skip it before the costlier resource check.
+        if best is not None and count > best_count:
             continue
         if resource_reject(budget, need) is not None:
             continue
-        if values is None:
-            score = rank.score(budget, need)
-        else:
-            score = rank.spread_score(budget, need, per_value.get(values[budget.name], 0))
+        score = rank.spread_score(budget, need, count)
         if best is None or score > best_score:  # ties: as in `_best`
-            best, best_score = budget, score
+            best, best_score, best_count = budget, score, count
     return best
 
 
@@ -214,7 +229,7 @@ def schedule(snapshot: Snapshot, requests: Sequence[PlacementRequest]) -> Plan:
         key = (request.namespace, request.app, request.service)
         occupancy = None
         if colocation is not None and (spec.distinct_hosts or spec.spread is not None):
-            occupancy = _occupancy(colocation, key, spec)
+            occupancy = _occupancy(colocation, pool, key, spec)
         best = _best(pool, need) if occupancy is None else _best_placed(pool, need, occupancy)
         if best is None:
             failures.append(_failure(request, need, pool, occupancy))

@@ -1,5 +1,5 @@
-"""Builds the API server: FastAPI routes under `/v1`, token auth, error handlers, and the
-controllers that run beside it in the same event loop.
+"""Builds the API server: FastAPI routes under `/v1`, authentication (`server/auth.py`),
+error handlers, and the controllers that run beside it in the same event loop.
 
 Data flows one way: handlers validate and write desired state; controllers watch the store
 and write decisions; agents report through the API. Nothing but this process touches the
@@ -17,8 +17,8 @@ from typing import Any
 from fastapi import Depends, FastAPI
 
 from corral import __version__
-from corral.server.api import apps, artifacts, events, instances, nodes, system
-from corral.server.auth import require_token
+from corral.server.api import apps, artifacts, events, instances, join, nodes, system, tokens
+from corral.server.auth import authenticate
 from corral.server.context import ServerContext
 from corral.server.controllers import applications, drain, gc, scheduling
 from corral.server.controllers import nodes as node_controller
@@ -52,7 +52,7 @@ def create_app(ctx: ServerContext, *, controllers: Sequence[Controller] = CONTRO
             await ctx.hub.stop()
 
     # The spec is served by our own route below, behind the token like everything but
-    # /healthz; FastAPI's public /openapi.json, /docs and /redoc are switched off.
+    # /healthz and joining; FastAPI's public /openapi.json, /docs and /redoc are off.
     app = FastAPI(title="Corral", version=__version__, lifespan=lifespan,
                   description="Run a multi-service application on a cluster from one file.",
                   openapi_url=None, docs_url=None, redoc_url=None)
@@ -60,8 +60,9 @@ def create_app(ctx: ServerContext, *, controllers: Sequence[Controller] = CONTRO
     app.state.token = ctx.config.token
     install_error_handlers(app)
     app.include_router(system.public)
-    auth = [Depends(require_token)]
-    for module in (system, apps, instances, nodes, events, artifacts):
+    app.include_router(join.public)
+    auth = [Depends(authenticate)]
+    for module in (system, apps, instances, nodes, events, artifacts, tokens, join):
         app.include_router(module.router, dependencies=auth)
 
     @app.get("/openapi.json", dependencies=auth, include_in_schema=False)

@@ -1,5 +1,5 @@
 """What every API handler and controller of one server shares: configuration, the typed
-store access, the watch hub, the clock and the id source.
+store access, the watch hub, the clock, the id source and the cluster CA.
 
 Built once in `server/app.py`; handlers reach it through `request.app.state.ctx`.
 """
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral.clock import Clock
+from corral.server.pki import ClusterPki
 from corral.server.records import Records
 from corral.server.watchhub import WatchHub
 from corral.store.base import Store
@@ -30,6 +31,11 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 7070
     token: str = ""  # admin token; read from data_dir/admin-token when empty
+    # Plain HTTP instead of TLS: only behind a TLS-terminating proxy or on a closed test
+    # network. Agents then cannot join (a join needs a server they can authenticate);
+    # they run with the admin token (`corral agent --server`).
+    insecure_http: bool = False
+    advertise_addresses: tuple[str, ...] = ()  # more names/IPs for the server certificate
     node_ttl: float = 10.0  # the least time without heartbeats after which a node is down
     # The TTL grows with the cluster so the server never handles more heartbeats than this
     # per second (Nomad's max_heartbeats_per_second): ttl = max(node_ttl, nodes / rate).
@@ -42,6 +48,10 @@ class ServerConfig:
     @property
     def artifacts_dir(self) -> Path:
         return self.data_dir / "artifacts"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.data_dir / "pki"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,3 +81,4 @@ class ServerContext:
     clock: Clock
     new_id: Callable[[], str] = field(default=random_id)
     usage: dict[str, InstanceUsage] = field(default_factory=dict)
+    pki: ClusterPki | None = None  # None: joining is off (a harness without a CA)

@@ -6,6 +6,12 @@ The response is newline-delimited JSON, one object a line:
 `{"time", "instance", "app", "service", "node", "stream", "text"}`.
 Without `follow`, lines from all instances are merged by time and `tail` applies to the
 merged stream. With `follow`, the history comes first, then live lines as they arrive.
+
+A joined node's agent serves HTTPS with its node certificate: the server checks it against
+the cluster CA *and* for that node's name (`<name>.node.corral`, sent as TLS SNI while
+connecting to the node's address), so another node's certificate cannot answer for it.
+It authenticates with the secret that node received at join (`agent_token`); an agent
+that runs with the admin token (no join) is called over plain HTTP with the admin token.
 """
 
 from __future__ import annotations
@@ -14,16 +20,20 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from fastapi.responses import StreamingResponse
 
+from corral.model.credential import NodeCredential
 from corral.model.instance import Instance
 from corral.model.node import Node
 from corral.server import keys
 from corral.server.context import ServerContext
+from corral.server.pki import node_dns_name
 
 __all__ = ["stream_logs"]
 
@@ -48,10 +58,38 @@ def _tag(inst: Instance, line: dict[str, Any]) -> dict[str, Any]:
             "text": line["text"]}
 
 
-async def _agent_lines(client: httpx.AsyncClient, url: str, inst: Instance,
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Agent:
+    url: str
+    token: str
+    sni: str | None  # the name its certificate must hold (HTTPS only)
+
+
+async def _agents(ctx: ServerContext, nodes: dict[str, Node]) -> dict[str, _Agent]:
+    found = {}
+    for name, node in sorted(nodes.items()):
+        if not node.agent_url:
+            continue
+        cred = await ctx.records.get(NodeCredential, keys.node_auth(name))
+        https = node.agent_url.startswith("https://")
+        found[name] = _Agent(url=node.agent_url,
+                             token=cred.record.agent_token if cred else ctx.config.token,
+                             sni=node_dns_name(name) if https else None)
+    return found
+
+
+def _verify(ctx: ServerContext) -> ssl.SSLContext | bool:
+    if ctx.pki is None:
+        return True
+    return ssl.create_default_context(cadata=ctx.pki.ca_pem.decode())
+
+
+async def _agent_lines(client: httpx.AsyncClient, agent: _Agent, inst: Instance,
                        params: dict[str, str]) -> AsyncIterator[dict[str, Any]]:
-    async with client.stream("GET", f"{url}/v1/agent/instances/{inst.id}/logs",
-                             params=params) as resp:
+    extensions = {"sni_hostname": agent.sni} if agent.sni else {}
+    async with client.stream("GET", f"{agent.url}/v1/agent/instances/{inst.id}/logs",
+                             params=params, extensions=extensions,
+                             headers={"authorization": f"Bearer {agent.token}"}) as resp:
         if resp.status_code != 200:
             body = (await resp.aread()).decode(errors="replace")[:200]
             yield {"time": 0.0, "instance": inst.id, "app": inst.app, "service": inst.service,
@@ -66,17 +104,17 @@ async def _agent_lines(client: httpx.AsyncClient, url: str, inst: Instance,
 async def stream_logs(ctx: ServerContext, instances: list[Instance], *, since: float | None,
                       tail: int | None, follow: bool, stream: str | None) -> StreamingResponse:
     nodes = {n.record.name: n.record for n in (await ctx.records.scan(Node, keys.NODES))[0]}
-    placed = [i for i in instances if i.node and i.node in nodes and nodes[i.node].agent_url]
-    token = ctx.config.token
+    agents = await _agents(ctx, nodes)
+    placed = [i for i in instances if i.node and i.node in agents]
 
     async def body() -> AsyncIterator[bytes]:
-        async with httpx.AsyncClient(headers={"authorization": f"Bearer {token}"},
+        async with httpx.AsyncClient(verify=_verify(ctx),
                                      timeout=httpx.Timeout(10.0, read=None)) as client:
             history: list[dict[str, Any]] = []
             for inst in placed:
                 try:
-                    async for line in _agent_lines(client, nodes[inst.node or ""].agent_url,
-                                                   inst, _params(since, tail, False, stream)):
+                    async for line in _agent_lines(client, agents[inst.node or ""], inst,
+                                                   _params(since, tail, False, stream)):
                         history.append(line)
                 except httpx.HTTPError as exc:
                     history.append({"time": 0.0, "instance": inst.id, "stream": "error",
@@ -94,8 +132,8 @@ async def stream_logs(ctx: ServerContext, instances: list[Instance], *, since: f
             async def pump(inst: Instance) -> None:
                 params = _params(last if last else None, 0, True, stream)
                 with contextlib.suppress(httpx.HTTPError):
-                    async for line in _agent_lines(client, nodes[inst.node or ""].agent_url,
-                                                   inst, params):
+                    async for line in _agent_lines(client, agents[inst.node or ""], inst,
+                                                   params):
                         if line["time"] > last:
                             await queue.put(line)
 

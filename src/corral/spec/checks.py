@@ -29,7 +29,7 @@ from corral.model.application import (
     ServiceSpec,
     TemplateSpec,
 )
-from corral.model.constraints import parse_constraint
+from corral.model.constraints import parse_attribute, parse_constraint
 from corral.spec.errors import FieldError, LineLookup, Loc, close_match, format_path
 
 __all__ = ["CronFields", "check_spec", "normalise_signal", "normalise_spec", "parse_cron",
@@ -111,6 +111,11 @@ def _check_service(report: _Report, base: Loc, service: ServiceSpec) -> None:
         problem = _constraint_problem(constraint)
         if problem:
             report.add((*base, "placement", "constraints", i), problem)
+    if service.placement.spread is not None:
+        try:
+            parse_attribute(service.placement.spread)
+        except ValueError as exc:
+            report.add((*base, "placement", "spread"), str(exc))
     _check_templates(report, (*base, "templates"), service.templates)
 
 

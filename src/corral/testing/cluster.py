@@ -1,6 +1,9 @@
 """A real single-machine cluster for end-to-end tests: `corral up` as a child process with
 its own data dir, config dir, port and cgroup parent, and a teardown that always leaves
 nothing behind (processes, cgroups, dirs), even when a test failed.
+
+The cluster serves HTTPS; everything here verifies its certificate against the cluster CA
+(`cacert`, `ssl_context()`), as users' clients do.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -23,7 +27,7 @@ import httpx
 
 from corral.client import Client, ClientConfig
 
-__all__ = ["LocalCluster", "free_port", "local_cluster"]
+__all__ = ["LocalCluster", "free_port", "kill_cgroups", "local_cluster"]
 
 
 def free_port() -> int:
@@ -43,7 +47,15 @@ class LocalCluster:
 
     @property
     def addr(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def cacert(self) -> Path:
+        return self.data_dir / "server" / "pki" / "ca.crt"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Trusts the cluster CA only: for raw httpx calls (`verify=`)."""
+        return ssl.create_default_context(cafile=str(self.cacert))
 
     @property
     def data_dir(self) -> Path:
@@ -54,16 +66,17 @@ class LocalCluster:
         return (self.data_dir / "server" / "admin-token").read_text().strip()
 
     def client(self) -> Client:
-        return Client(ClientConfig(addr=self.addr, token=self.token))
+        return Client(ClientConfig(addr=self.addr, token=self.token, cacert=str(self.cacert)))
 
     def state(self) -> dict[str, Any]:
         return dict(json.loads((self.data_dir / "up.json").read_text()))
 
-    def corral(self, *args: str, check: bool = False, timeout: float = 120
-               ) -> subprocess.CompletedProcess[str]:
-        """Run the real `corral` command against this cluster."""
+    def corral(self, *args: str, check: bool = False, timeout: float = 120,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the real `corral` command against this cluster (`env`: extra variables)."""
         result = subprocess.run([sys.executable, "-m", "corral.cli.main", *args],
-                                env=self.env, capture_output=True, text=True, timeout=timeout)
+                                env={**self.env, **(env or {})}, capture_output=True,
+                                text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"corral {' '.join(args)} exited {result.returncode}:\n"
                                  f"{result.stdout}\n{result.stderr}")
@@ -107,7 +120,7 @@ def _cgroup_dirs(parent: str) -> list[Path]:
     return found
 
 
-def _kill_cgroups(parent: str) -> None:
+def kill_cgroups(parent: str) -> None:
     """Last resort after a failed test: kill and remove every group under `parent`."""
     for d in _cgroup_dirs(parent):
         for procs in d.rglob("cgroup.procs"):
@@ -148,7 +161,8 @@ def local_cluster(root: Path, *, name: str = "local") -> Iterator[LocalCluster]:
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(f"{cluster.addr}/healthz", timeout=1).status_code == 200 and \
+                if httpx.get(f"{cluster.addr}/healthz", timeout=1,
+                             verify=cluster.ssl_context()).status_code == 200 and \
                         cluster.api(lambda c: c.list_nodes()):
                     break
             except (httpx.HTTPError, OSError, FileNotFoundError, Exception):
@@ -168,5 +182,5 @@ def local_cluster(root: Path, *, name: str = "local") -> Iterator[LocalCluster]:
                 proc.wait()
         with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        _kill_cgroups(parent)
+        kill_cgroups(parent)
         log.close()

@@ -41,6 +41,7 @@ def make_node(
     drivers: dict[str, str] | None = None,  # None: {"process": ""}
     default_driver: str = "process",
     labels: dict[str, str] | None = None,
+    attributes: dict[str, str] | None = None,  # Node.attributes: os, kernel, arch, ...
     now: float = 0.0,  # registered_at and heartbeat_at
     **fields: Any,
 ) -> Node:
@@ -54,6 +55,7 @@ def make_node(
         drivers=dict(drivers) if drivers is not None else {"process": ""},
         default_driver=default_driver,
         labels=dict(labels or {}),
+        attributes=dict(attributes or {}),
         registered_at=fields.pop("registered_at", now),
         heartbeat_at=fields.pop("heartbeat_at", now),
         **fields,

@@ -48,7 +48,9 @@ import httpx
 
 from corral.agent.cgroups import CgroupRoot, detect
 from corral.client import ApiError, Client, ClientConfig, Unreachable
+from corral.secretfile import write_private
 from corral.server.auth import load_or_create_token
+from corral.server.pki import load_or_create_pki
 from corral.testing.netns import (
     NamespaceLoop,
     Proc,
@@ -143,6 +145,7 @@ class NetnsCluster:
                  cgroup_parent="" if k == 0 else f"{self.prefix}-h{k}")
             for k in range(len(specs) + 1)]
         self._token = ""
+        self._ca_hash = ""
         self._loops: dict[str, NamespaceLoop] = {}
         self._closed = False
 
@@ -164,6 +167,10 @@ class NetnsCluster:
             sweep(self.temp_root)
             (self.root / "logs").mkdir(parents=True)
             self._token = load_or_create_token(self.server.data_dir)
+            # The CA before the server, as the admin token: clients verify from the first
+            # request, and agents pin it by hash.
+            self._ca_hash = load_or_create_pki(self.server.data_dir / "pki",
+                                               now=time.time()).ca_hash
             self._write_client_config()
             self.switch.create()
             for host in self.hosts:
@@ -212,17 +219,32 @@ class NetnsCluster:
 
     @property
     def server_url(self) -> str:
-        return f"http://{self.server.address}:{SERVER_PORT}"
+        return f"https://{self.server.address}:{SERVER_PORT}"
 
     @property
     def token(self) -> str:
         return self._token
 
     @property
+    def cacert(self) -> Path:
+        """The cluster CA every client here verifies the server against."""
+        return self.server.data_dir / "pki" / "ca.crt"
+
+    @property
+    def ca_hash(self) -> str:
+        return self._ca_hash
+
+    @property
+    def join_token(self) -> str:
+        """The join token the server made at its first start."""
+        return (self.server.data_dir / "join-token").read_text().strip()
+
+    @property
     def client_env(self) -> dict[str, str]:
         """The environment of the `corral` command in the client namespace."""
         return {**self._base_env(), "CORRAL_ADDR": self.server_url,
-                "CORRAL_TOKEN": self._token, "CORRAL_CONFIG_DIR": str(self.root / "config")}
+                "CORRAL_TOKEN": self._token, "CORRAL_CACERT": str(self.cacert),
+                "CORRAL_CONFIG_DIR": str(self.root / "config")}
 
     def host(self, which: int | str) -> Host:
         """A host by index or by name (`host2`, which is also its node's name)."""
@@ -245,10 +267,11 @@ class NetnsCluster:
         if spec is None:
             raise ValueError(f"{host.name} runs the server, not an agent")
         host.data_dir.mkdir(parents=True, exist_ok=True)
-        token_file = host.data_dir / "token"
-        token_file.write_text(self._token + "\n")
-        token_file.chmod(0o600)
-        argv = ["agent", "--server", self.server_url, "--token-file", str(token_file),
+        # Joined once; a restarted agent uses its identity in <data>/agent/identity.
+        token_file = host.data_dir / "join-token"
+        write_private(token_file, self.join_token + "\n")
+        argv = ["agent", "--join", self.server_url, "--token-file", str(token_file),
+                "--ca-cert-hash", self._ca_hash,
                 "--data-dir", str(host.data_dir / "agent"), "--name", host.name,
                 "--address", host.address, "--http-port", str(AGENT_HTTP_PORT),
                 "--cgroup-parent", host.cgroup_parent,
@@ -359,7 +382,8 @@ class NetnsCluster:
             timeout: float = 30.0) -> T:
         """`fn(client)` with a typed client of the server, from inside a namespace."""
         async def go() -> T:
-            async with Client(ClientConfig(addr=self.server_url, token=self._token),
+            async with Client(ClientConfig(addr=self.server_url, token=self._token,
+                                           cacert=str(self.cacert)),
                               timeout=timeout) as client:
                 return await fn(client)
         return self.call(go(), where=where, timeout=timeout + 1)
@@ -389,8 +413,8 @@ class NetnsCluster:
 
     def server_healthy(self, *, where: int | str | None = None) -> bool:
         async def go() -> bool:
-            async with Client(ClientConfig(addr=self.server_url, token=self._token),
-                              timeout=2) as client:
+            async with Client(ClientConfig(addr=self.server_url, token=self._token,
+                                           cacert=str(self.cacert)), timeout=2) as client:
                 return await client.healthy()
         try:
             return self.call(go(), where=where, timeout=5)
@@ -494,7 +518,8 @@ class NetnsCluster:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(folder / "corral.env", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(f"CORRAL_ADDR={self.server_url}\nCORRAL_TOKEN={self._token}\n")
+            f.write(f"CORRAL_ADDR={self.server_url}\nCORRAL_TOKEN={self._token}\n"
+                    f"CORRAL_CACERT={self.cacert}\n")
 
 
 def _stop(host: Host, *, graceful: bool, timeout: float = 30.0) -> None:

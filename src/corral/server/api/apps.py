@@ -6,7 +6,8 @@
   With `dry_run` nothing is written (`corral apply --plan`).
 - `GET /v1/apps` every application with per-service desired/running/healthy counts.
 - `GET /v1/apps/{name}?namespace=default` one application, its services and instances.
-- `GET /v1/apps/{name}/versions/{version}` the spec of one version (agents fetch it).
+- `GET /v1/apps/{name}/versions/{version}` the spec of one version (agents fetch it; a
+  node credential only for a version one of its instances runs).
 - `DELETE /v1/apps/{name}` marks it deleting; controllers stop every instance, then remove
   it. Returns at once; poll `GET` until 404 (the CLI does).
 - `GET /v1/apps/{name}/logs?service=&since=&tail=&follow=` the merged log stream.
@@ -28,7 +29,8 @@ from corral.model.instance import DesiredState, Instance, InstanceState
 from corral.server import keys
 from corral.server.api.artifacts import ArtifactKind, recorded_kind, serves_as
 from corral.server.api.deps import check_name, get_ctx
-from corral.server.api.instances import instance_view, select_instances
+from corral.server.api.instances import instance_view, node_versions, select_instances
+from corral.server.auth import NODE_ACCESS, Identity, get_identity
 from corral.server.context import ServerContext
 from corral.server.diff import diff_specs
 from corral.server.errors import ApiError
@@ -168,9 +170,16 @@ async def get_app(name: str, ctx: Ctx, namespace: str = "default") -> dict[str, 
     return view
 
 
-@router.get("/{name}/versions/{version}")
+@router.get("/{name}/versions/{version}", openapi_extra=NODE_ACCESS)
 async def get_version(name: str, version: int, ctx: Ctx,
+                      caller: Annotated[Identity, Depends(get_identity)],
                       namespace: str = "default") -> dict[str, Any]:
+    # A spec may hold secrets in its env: a node reads only what it runs (as Kubernetes'
+    # node authorizer lets a kubelet read only its own pods' secrets).
+    if caller.node is not None and \
+            (namespace, name, version) not in await node_versions(ctx, caller.node):
+        raise ApiError(403, f"node {caller.node} runs no instance of {namespace}/{name} "
+                            f"version {version}")
     kv = await ctx.store.get(keys.app_version(namespace, name, version))
     if kv is None:
         raise ApiError(404, f"application {name!r} has no version {version}")

@@ -6,7 +6,8 @@
   `kind=rootfs` (an `isolation.rootfs`) checks it as a root filesystem instead: symlinks may
   point anywhere and special files are skipped (`corral.archive_check`).
 - `HEAD /v1/artifacts/sha256:<hex>?kind=...` 200 if it was uploaded and serves as that kind.
-- `GET /v1/artifacts/sha256:<hex>` download.
+- `GET /v1/artifacts/sha256:<hex>` download (a node credential: only an artifact or rootfs
+  of a version one of its instances runs).
 The blob is written and fsynced before the record is committed, so an acknowledged upload
 survives a crash. The record keeps the kind it was checked as: an archive that passed as an
 artifact serves as a rootfs too (the artifact rules are the stricter), not the reverse, so a
@@ -26,8 +27,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, Response
 
 from corral.archive import ArchiveError, inspect_archive, parse_digest
+from corral.model.application import ApplicationSpec
+from corral.model.codec import load_json
 from corral.server import keys
 from corral.server.api.deps import get_ctx
+from corral.server.api.instances import node_versions
+from corral.server.auth import NODE_ACCESS, Identity, get_identity
 from corral.server.context import ServerContext
 from corral.server.errors import ApiError
 
@@ -126,9 +131,26 @@ async def exists(digest: str, ctx: Ctx, kind: ArtifactKind = "artifact") -> Resp
     return Response(status_code=200)
 
 
-@router.get("/{digest}")
-async def download(digest: str, ctx: Ctx) -> FileResponse:
+async def node_digests(ctx: ServerContext, node: str) -> set[str]:
+    """Every artifact and rootfs digest the versions run on `node` use."""
+    found: set[str] = set()
+    for namespace, app, version in sorted(await node_versions(ctx, node)):
+        kv = await ctx.store.get(keys.app_version(namespace, app, version))
+        if kv is None:
+            continue
+        spec = load_json(ApplicationSpec, kv.value)
+        parts = [(p.artifact, p.isolation.rootfs) for p in spec.services.values()]
+        parts += [(p.artifact, p.isolation.rootfs) for p in spec.jobs.values()]
+        found.update(d for pair in parts for d in pair if d)
+    return found
+
+
+@router.get("/{digest}", openapi_extra=NODE_ACCESS)
+async def download(digest: str, ctx: Ctx,
+                   caller: Annotated[Identity, Depends(get_identity)]) -> FileResponse:
     digest = _digest(digest)
+    if caller.node is not None and digest not in await node_digests(ctx, caller.node):
+        raise ApiError(403, f"node {caller.node} runs nothing that uses {digest}")
     path = blob_path(ctx, digest)
     if await ctx.store.get(keys.artifact(digest.removeprefix("sha256:"))) is None or \
             not path.exists():

@@ -6,6 +6,9 @@
 - `PUT /v1/instances/{id}/status` an agent reports what happened; the server checks the
   transition against the state machine in `model/instance.py` and writes it with an event.
 - `GET /v1/instances/{id}/logs?since=&tail=&follow=` proxied to the agent that ran it.
+
+A node credential may list its own node's instances (`?node=` its name) and report status
+for instances assigned to it; everything else needs the admin token.
 """
 
 from __future__ import annotations
@@ -21,14 +24,16 @@ from corral.model.codec import to_data
 from corral.model.instance import TERMINAL_STATES, Instance, InstanceState, can_transition
 from corral.server import keys
 from corral.server.api.deps import get_ctx
+from corral.server.auth import NODE_ACCESS, Identity, act_for, get_identity
 from corral.server.context import ServerContext
 from corral.server.errors import ApiError
 from corral.server.logs import stream_logs
 
-__all__ = ["instance_view", "router", "select_instances"]
+__all__ = ["instance_view", "node_versions", "router", "select_instances"]
 
 router = APIRouter(prefix="/v1/instances", tags=["instances"])
 Ctx = Annotated[ServerContext, Depends(get_ctx)]
+Caller = Annotated[Identity, Depends(get_identity)]
 
 
 class StatusBody(BaseModel):
@@ -73,10 +78,18 @@ async def select_instances(ctx: ServerContext, *, namespace: str | None = None,
     return sorted(result, key=sort_key)
 
 
-@router.get("")
-async def list_instances(ctx: Ctx, app: str | None = None, namespace: str | None = None,
-                         service: str | None = None, node: str | None = None,
-                         all: bool = False) -> list[dict[str, Any]]:
+async def node_versions(ctx: ServerContext, node: str) -> set[tuple[str, str, int]]:
+    """(namespace, app, version) of every instance assigned to `node`, stopped ones too:
+    the specs (and their artifacts) that node's agent may read."""
+    found = await select_instances(ctx, node=node, include_terminal=True)
+    return {(i.namespace, i.app, i.version) for i in found}
+
+
+@router.get("", openapi_extra=NODE_ACCESS)
+async def list_instances(ctx: Ctx, caller: Caller, app: str | None = None,
+                         namespace: str | None = None, service: str | None = None,
+                         node: str | None = None, all: bool = False) -> list[dict[str, Any]]:
+    act_for(caller, node)
     found = await select_instances(ctx, namespace=namespace, app=app, service=service,
                                    node=node, include_terminal=all)
     return [instance_view(ctx, i) for i in found]
@@ -100,8 +113,10 @@ def describe(inst: Instance) -> str:
     return f"{text}: {inst.reason}" if inst.reason else text
 
 
-@router.put("/{instance_id}/status")
-async def report_status(instance_id: str, body: StatusBody, ctx: Ctx) -> dict[str, Any]:
+@router.put("/{instance_id}/status", openapi_extra=NODE_ACCESS)
+async def report_status(instance_id: str, body: StatusBody, ctx: Ctx, caller: Caller
+                        ) -> dict[str, Any]:
+    act_for(caller, body.node)
     for _ in range(10):
         item = await ctx.records.get(Instance, keys.instance(instance_id))
         if item is None:

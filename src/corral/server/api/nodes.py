@@ -13,6 +13,9 @@
 - `GET /v1/nodes/{name}/instances?index=R&wait=30` blocking query (Nomad style): answers
   at once if anything assigned to the node changed after revision R, else when it does or
   after `wait` seconds. Returns `{"index": ..., "instances": [...]}`.
+
+An agent calls register, heartbeat, usage and instances with its node credential, for its
+own node only (403 otherwise); the rest needs the admin token (`server/auth.py`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from corral.model.node import DEFAULT_PORT_RANGE, Node, NodeResources, NodeState
 from corral.scheduler import Snapshot, node_usage
 from corral.server import keys
 from corral.server.api.deps import check_name, get_ctx
+from corral.server.auth import NODE_ACCESS, Identity, act_for, get_identity
 from corral.server.context import InstanceUsage, ServerContext, heartbeat_ttl
 from corral.server.errors import ApiError
 
@@ -37,6 +41,7 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/nodes", tags=["nodes"])
 Ctx = Annotated[ServerContext, Depends(get_ctx)]
+Caller = Annotated[Identity, Depends(get_identity)]
 
 
 class CapacityBody(BaseModel):
@@ -72,9 +77,14 @@ def _used(ctx: ServerContext, node: str) -> dict[str, Any]:
             "memory": sum(u.memory for u in samples)}
 
 
-@router.post("")
-async def register(body: RegisterBody, ctx: Ctx) -> dict[str, Any]:
+@router.post("", openapi_extra=NODE_ACCESS)
+async def register(body: RegisterBody, ctx: Ctx, caller: Caller) -> dict[str, Any]:
     check_name(body.name, "node name")
+    act_for(caller, body.name)
+    if caller.node is not None and body.agent_url and \
+            not body.agent_url.startswith("https://"):
+        raise ApiError(400, "a joined node serves its agent API over HTTPS with its node "
+                            f"certificate; got agent_url {body.agent_url!r}")
     lo, hi = body.port_range
     if not 1 <= lo <= hi <= 65535:
         raise ApiError(400, f"invalid port_range {lo}-{hi}")
@@ -113,8 +123,9 @@ async def _ttl(ctx: ServerContext) -> float:
     return heartbeat_ttl(ctx.config, len(alive) + 1)
 
 
-@router.put("/{name}/heartbeat")
-async def heartbeat(name: str, lease_id: int, ctx: Ctx) -> dict[str, Any]:
+@router.put("/{name}/heartbeat", openapi_extra=NODE_ACCESS)
+async def heartbeat(name: str, lease_id: int, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    act_for(caller, name)
     alive = await ctx.store.get(keys.node_alive(name))
     if alive is None or alive.value != str(lease_id).encode():
         raise ApiError(404, f"node {name} is not registered with lease {lease_id}; register "
@@ -189,10 +200,12 @@ class UsageBody(BaseModel):
     instances: dict[str, UsageSample]
 
 
-@router.put("/{name}/usage")
-async def report_usage(name: str, body: UsageBody, ctx: Ctx) -> dict[str, Any]:
+@router.put("/{name}/usage", openapi_extra=NODE_ACCESS)
+async def report_usage(name: str, body: UsageBody, ctx: Ctx, caller: Caller
+                       ) -> dict[str, Any]:
     """An agent's latest usage samples for its instances; kept in memory only. Samples for
     instances not assigned to `name` are ignored (a node reports for itself only)."""
+    act_for(caller, name)
     items, _ = await ctx.records.scan(Instance, keys.INSTANCES)
     mine = {i.record.id for i in items
             if i.record.node == name and i.record.state not in TERMINAL_STATES}
@@ -223,9 +236,10 @@ async def get_node(name: str, ctx: Ctx) -> dict[str, Any]:
     raise ApiError(404, f"no node named {name!r}")
 
 
-@router.get("/{name}/instances")
-async def node_instances(name: str, ctx: Ctx, index: int = 0,
+@router.get("/{name}/instances", openapi_extra=NODE_ACCESS)
+async def node_instances(name: str, ctx: Ctx, caller: Caller, index: int = 0,
                          wait: Annotated[float, Query(ge=0, le=300)] = 30.0) -> dict[str, Any]:
+    act_for(caller, name)
     if index > 0:
         index = await ctx.hub.wait(index, (keys.INSTANCES,), wait)
     items, revision = await ctx.records.scan(Instance, keys.INSTANCES)
