@@ -7,6 +7,7 @@ import typer
 from corral.cli import (
     agent,
     apply,
+    config,
     delete,
     dev,
     events,
@@ -36,6 +37,7 @@ app.command()(ps.ps)
 app.command()(logs.logs)
 app.command()(events.events)
 app.command()(nodes.nodes)
+app.command()(config.config)
 app.command()(delete.delete)
 app.add_typer(node.app, name="node")
 app.add_typer(token.app, name="token")
