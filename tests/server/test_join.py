@@ -351,3 +351,20 @@ async def test_agent_join_pins_the_ca_and_keeps_its_identity(srv: ServerHarness,
         await join(server="http://corral", token="abcdef.0123456789abcdef", name="n2",
                    folder=tmp_path / "other", ca_pem=pem, transport=transport)
     assert load_identity(tmp_path / "other") is None
+
+
+async def test_a_plain_http_server_refuses_joins(srv: ServerHarness) -> None:
+    import dataclasses
+
+    token = await srv.join_token()
+    srv.ctx.config = dataclasses.replace(srv.ctx.config, insecure_http=True)
+    before = await srv.ctx.store.revision()
+    _, csr = new_key_and_csr("n1")
+    anon = srv.anonymous()
+    try:
+        with pytest.raises(ApiError) as err:
+            await anon.join(token=token, name="n1", csr=csr)
+        assert err.value.status == 403 and "plain HTTP" in err.value.message
+    finally:
+        await anon.close()
+    assert await srv.ctx.store.revision() == before

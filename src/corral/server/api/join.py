@@ -54,6 +54,10 @@ class JoinBody(BaseModel):
 
 
 def _pki(ctx: ServerContext) -> ClusterPki:
+    if ctx.config.insecure_http:
+        # A join token and the node's credential must never cross the network in clear.
+        raise ApiError(403, "this server serves plain HTTP (--insecure-http): nodes cannot "
+                            "join; serve HTTPS, or run agents with the admin token")
     if ctx.pki is None:
         raise ApiError(503, "this server has no cluster CA, so nodes cannot join; agents "
                             "use the admin token (`corral agent --server`)")
