@@ -23,7 +23,8 @@ def _time(ts: float) -> str:
 def events(
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep streaming."),
     since: int = typer.Option(0, "--since", help="Only events after this index."),
-    topic: str = typer.Option(None, "--topic", help="node | app | deployment | instance | job | token"),
+    topic: str = typer.Option(None, "--topic",
+                              help="node | app | deployment | instance | job | token"),
     key: str = typer.Option(None, "--key", help="Only keys starting with this."),
     limit: int = typer.Option(0, "--limit", help="Only the newest N (without -f)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
