@@ -303,14 +303,6 @@ def test_commands_in_a_user_rootfs_resolve_inside_it(tmp_path: Path) -> None:
         inside_program("python3", {"PATH": "/usr/bin"}, task_dir=task, rootfs=root)
 
 
-def test_signals_reported_by_tini_as_codes_are_signals_again() -> None:
-    driver = OciDriver(cgroups=NoCgroups("test"), probe=False)
-    assert driver._returncode(137) == -9
-    assert driver._returncode(143) == -15
-    assert driver._returncode(3) == 3
-    assert driver._returncode(128) == 128
-    assert driver._returncode(-9) == -9
-
 
 def test_not_available_says_why() -> None:
     if os.geteuid() != 0:
