@@ -368,3 +368,14 @@ async def test_a_plain_http_server_refuses_joins(srv: ServerHarness) -> None:
     finally:
         await anon.close()
     assert await srv.ctx.store.revision() == before
+
+
+async def test_revoking_an_admin_registered_node_frees_its_name(srv: ServerHarness) -> None:
+    await srv.client.register_node({"name": "n1", "address": "10.0.0.1",
+                                    "capacity": {"cpu": 1.0, "memory": 1 << 30}})
+    with pytest.raises(ApiError) as err:  # alive and held by the admin token
+        await srv.join("n1")
+    assert err.value.status == 403
+    assert (await srv.client.revoke_node("n1"))["revoked"] is True
+    joined = await srv.join("n1")
+    assert joined.name == "n1"

@@ -14,6 +14,12 @@ Every transition is reported to the server (which records it and emits an event)
 request wins over everything: during a fetch, a backoff or a run. Restart decisions are
 made by the pure `agent/restart.py`.
 
+With a `health` spec, a `HealthChecker` (`agent/health.py`) runs while the process does;
+its transitions become `healthy`/`unhealthy` reports. On `unhealthy` with
+`on_unhealthy: restart` the runner stops the process (stop signal, SIGKILL after
+`stop_timeout`) and its exit takes the ordinary path, as a failure whose reason starts
+with "unhealthy:", so the restart policy, its backoff and its attempts apply to it too.
+
 Neighbours: `agent/agent.py` creates and stops runners; `agent/drivers/` runs processes;
 `agent/artifacts.py` provides the unpacked artifact; `agent/reporter.py` talks to the server.
 """
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -32,6 +39,7 @@ from typing import Any
 
 from corral.agent.artifacts import ArtifactCache
 from corral.agent.drivers.base import Driver, DriverError, ExitResult, TaskConfig, TaskHandle
+from corral.agent.health import HealthChecker, HealthStatus, Transition, make_probe
 from corral.agent.reporter import StatusReporter
 from corral.agent.restart import decide_restart
 from corral.clock import Clock
@@ -116,6 +124,10 @@ class Runner:
         self._adopt = adopt
         self.state = instance.state
         self.task: asyncio.Task[None] | None = None
+        # none: no checks; unknown: not checked yet in this run of the process.
+        self._health = "none" if spec.health is None else "unknown"
+        self._unhealthy_stop: asyncio.Task[ExitResult | None] | None = None
+        self._unhealthy_reason = ""
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"instance-{self.instance.id}")
@@ -137,6 +149,7 @@ class Runner:
 
     def _report(self, state: InstanceState, reason: str = "", **fields: object) -> None:
         self.state = state
+        fields.setdefault("health", self._health)
         self._reporter.report(state=str(state), reason=reason, restarts=self._restarts,
                               **fields)
         log.info("instance %s %s %s", self.instance.id, state, reason,
@@ -212,7 +225,13 @@ class Runner:
             result: ExitResult | None = None
             if adopted is not None:
                 self.handle, adopted = adopted, None
-                self._report(S.RUNNING, "adopted after an agent restart", pid=self.handle.pid,
+                # A checked instance keeps the health state it had (the server refuses
+                # healthy -> running); the new checker's first result confirms or changes it.
+                shown = self.instance.state if self.spec.health is not None and \
+                    self.instance.state in (S.HEALTHY, S.UNHEALTHY) else S.RUNNING
+                if shown != S.RUNNING:
+                    self._health = str(shown)
+                self._report(shown, "adopted after an agent restart", pid=self.handle.pid,
                              started_at=self.handle.started_at)
             else:
                 self._report(S.STARTING)
@@ -225,13 +244,26 @@ class Runner:
             if self.handle is not None:
                 waiter: asyncio.Future[ExitResult] = asyncio.ensure_future(
                     self._driver.wait(self.handle))
-                if await self._until_stop(waiter):
+                checker = self._start_checker(self.handle)
+                try:
+                    stopping = await self._until_stop(waiter)
+                finally:
+                    if checker is not None:
+                        await checker.close()
+                if stopping:
+                    await self._end_unhealthy_stop()
                     await self._stop_task()
                     return
                 result = waiter.result()
                 reason = result.reason
+                if await self._end_unhealthy_stop():
+                    reason = f"{self._unhealthy_reason}; {reason}"
+                    # Stopped for being unhealthy: a failure, whatever its exit code.
+                    result = dataclasses.replace(result, exit_code=None)
                 await self._release(self.handle)
                 self.handle = None
+                if self._health != "none":
+                    self._health = "unknown"
             succeeded = result is not None and result.exit_code == 0
             exit_code = result.exit_code if result is not None else None
             self._report(S.EXITED, reason, exit_code=exit_code)
@@ -252,6 +284,50 @@ class Runner:
                 return
             self._restarts += 1
             self._restart_times.append(self._clock.monotonic())
+
+    def _start_checker(self, handle: TaskHandle) -> HealthChecker | None:
+        health = self.spec.health
+        if health is None:
+            return None
+        probe = make_probe(health, host=self.instance.address or self._host_ip,
+                           ports=self.instance.ports, port_names=self.instance.port_names,
+                           driver=self._driver, handle=handle)
+        checker = HealthChecker(spec=health, probe=probe, clock=self._clock,
+                                on_change=lambda t: self._health_changed(handle, t),
+                                name=self.instance.id)
+        checker.start()
+        return checker
+
+    def _health_changed(self, handle: TaskHandle, change: Transition) -> None:
+        if self.handle is not handle or self._unhealthy_stop is not None:
+            return  # the process has ended or is being stopped: too late to matter
+        assert self.spec.health is not None
+        self._health = str(change.status)
+        # pid again: the server takes a report's pid as it is, absent meaning none.
+        if change.status == HealthStatus.HEALTHY:
+            self._report(S.HEALTHY, change.reason, pid=handle.pid)
+            return
+        restart = self.spec.health.on_unhealthy == "restart"
+        self._report(S.UNHEALTHY, change.reason + ("; restarting" if restart else ""),
+                     pid=handle.pid)
+        if restart:
+            self._unhealthy_reason = f"unhealthy: {change.reason}"
+            # The process's exit then wakes the lifecycle through `driver.wait`.
+            self._unhealthy_stop = asyncio.create_task(self._driver.stop(
+                handle, signal=_signal_number(self.spec.stop_signal),
+                timeout=self.spec.stop_timeout))
+
+    async def _end_unhealthy_stop(self) -> bool:
+        """Wait for a stop the health checker started, if any; True if there was one."""
+        stop, self._unhealthy_stop = self._unhealthy_stop, None
+        if stop is None:
+            return False
+        try:
+            await stop
+        except Exception as exc:  # the exit is known anyway; destroy kills what is left
+            log.warning("instance %s: stopping the unhealthy process: %s",
+                        self.instance.id, exc)
+        return True
 
     async def _prepare(self) -> bool:
         """Task and log dirs, rootfs, artifact. False if the instance must not start."""

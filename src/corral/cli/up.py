@@ -105,9 +105,14 @@ def _join_token_for_agent(data: Path, url: str, cacert: Path, name: str) -> None
         return
     token = load_or_create_token(data / "server")
     verify = _verify(cacert)
+    headers = {"authorization": f"Bearer {token}"}
     try:
+        # This machine's node, left by a cluster of an earlier version (registered with
+        # the admin token, no identity): free its name, which is this agent's to take.
+        httpx.delete(f"{url}/v1/nodes/{name}/credential", timeout=10, verify=verify or True,
+                     headers=headers)
         resp = httpx.post(f"{url}/v1/tokens", timeout=10, verify=verify or True,
-                          headers={"authorization": f"Bearer {token}"},
+                          headers=headers,
                           json={"ttl": 600, "description": f"corral up: node {name}"})
         resp.raise_for_status()
     except httpx.HTTPError as exc:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import signal as signals
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from corral.agent.drivers.base import (
     TaskHandle,
     Usage,
     exit_result,
+    expand_vars,
 )
 from corral.agent.drivers.shimclient import (
     KILL_WAIT,
@@ -301,6 +304,60 @@ class SupervisedDriver:
         if state_dir is not None and (shim_pid is None or not shim_alive(state_dir)):
             clear_state(state_dir)
 
+    def exec_command(self, handle: TaskHandle, command: Sequence[str]) -> Command:
+        """How to run `command` inside the running instance `handle` (a health check's
+        `command`): in the instance's cgroups, with its environment, as its user, and, for
+        a driver that isolates the filesystem, in its namespaces, root and cwd.
+
+        The environment, cwd and user are read from the main process (`/proc/PID`), so
+        they are what the instance itself sees (`/task`, not the host task dir), under
+        every driver, and after an adoption too. Isolated instances are entered with
+        `nsenter` into the main process's namespaces rather than through the runtime
+        (`runc exec` exists, bubblewrap has no such verb), so one path serves both.
+        Raises `DriverError` when the main process is gone."""
+        if not self._main_alive(handle):
+            raise DriverError(f"instance {handle.instance_id} is not running")
+        proc = Path(f"/proc/{handle.pid}")
+        try:
+            env = _environ(proc / "environ")
+            cwd = Path(os.readlink(proc / "cwd"))
+            uid, gid = _ids(proc / "status")
+        except (OSError, ValueError) as exc:
+            raise DriverError(f"cannot inspect instance {handle.instance_id}: {exc}") from exc
+        args = expand_vars(tuple(command), env)
+        setpriv = shutil.which("setpriv")
+        as_user = (uid, gid) != (os.geteuid(), os.getegid())
+        argv: tuple[str, ...]
+        if self.capabilities.fs_isolation:
+            nsenter = shutil.which("nsenter")
+            if nsenter is None:
+                raise DriverError("nsenter (util-linux) is needed to run a command in an "
+                                  "isolated instance and is not installed")
+            # -r/-w: the main process's root and cwd; the user is set by nsenter after it
+            # entered the namespaces, which a setpriv --reuid in front would forbid.
+            argv = (nsenter, "-t", str(handle.pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w",
+                    *(("-S", str(uid), "-G", str(gid)) if as_user else ()), "--", *args)
+            if setpriv is not None:
+                argv = (setpriv, "--no-new-privs", "--", *argv)
+            cwd = Path("/")  # the host side of nsenter; -w moves the command
+        else:
+            user = ("--reuid", str(uid), "--regid", str(gid), "--clear-groups") \
+                if as_user else ()
+            if setpriv is not None:
+                argv = (setpriv, "--no-new-privs", *user, "--", *args)
+            elif as_user:
+                raise DriverError("setpriv (util-linux) is needed to run a command as the "
+                                  "instance's user")
+            else:
+                argv = args
+        cgroup = self._cgroup_for(handle)
+        if cgroup is not None:
+            # Imported here: `process` builds on this module (its wrapper is the one every
+            # driver's command joins its cgroups with).
+            from corral.agent.drivers.process import join_argv
+            argv = join_argv("/bin/sh", cgroup, env, argv)
+        return Command(argv=argv, env=env, cwd=cwd)
+
     # --- shared machinery --------------------------------------------------------------
 
     def _watch(self, handle: TaskHandle) -> asyncio.Task[_Outcome]:
@@ -386,6 +443,28 @@ class SupervisedDriver:
         if cgroup is not None:
             return await cgroup.wait_empty(left)
         return await _poll(lambda: not self._group_alive(_pgid(handle)), left)
+
+
+def _environ(path: Path) -> dict[str, str]:
+    env = {}
+    for item in path.read_bytes().split(b"\0"):
+        key, sep, value = item.decode(errors="replace").partition("=")
+        if sep and key:
+            env[key] = value
+    return env
+
+
+def _ids(path: Path) -> tuple[int, int]:
+    """The effective uid and gid of a process, from its `/proc/PID/status`."""
+    uid = gid = None
+    for line in path.read_text().splitlines():
+        if line.startswith("Uid:"):
+            uid = int(line.split()[2])
+        elif line.startswith("Gid:"):
+            gid = int(line.split()[2])
+    if uid is None or gid is None:
+        raise ValueError(f"no Uid/Gid in {path}")
+    return uid, gid
 
 
 def _state_dir(handle: TaskHandle) -> Path | None:

@@ -143,8 +143,18 @@ async def revoke(name: str, ctx: Ctx) -> dict[str, Any]:
     for _ in range(10):
         held = await ctx.records.get(NodeCredential, keys.node_auth(name))
         if held is None:
-            raise ApiError(404, f"node {name} has no credential: it never joined, or it was "
-                                "revoked already")
+            # A node registered with the admin token has no credential: revoking it ends
+            # its lease (it goes down) and frees its name for a node that joins.
+            if await ctx.records.get(Node, keys.node(name)) is None or \
+                    await ctx.store.get(keys.node_alive(name)) is None:
+                raise ApiError(404, f"node {name} has no credential and is not alive: it "
+                                    "never joined, or it was revoked already")
+            txn = (ctx.records.txn().delete(keys.node_alive(name))
+                   .event("node", name, "revoked", f"node {name} (admin token) revoked: its "
+                          "name is free to join"))
+            if await txn.commit() is not None:
+                return {"name": name, "revoked": True}
+            continue
         txn = (ctx.records.txn().delete(keys.node_auth(name), expect=held.mod_revision)
                .delete(keys.node_alive(name))
                .event("node", name, "revoked", f"node {name}'s identity revoked: its agent "
