@@ -111,13 +111,15 @@ async def _get_app(ctx: ServerContext, name: str, namespace: str) -> Application
 
 
 def _ready(inst: Instance, spec: ServiceSpec | None, now: float) -> bool:
-    """Running the current version for at least `update.min_healthy_time` (Nomad's rule
-    for an allocation without checks); `healthy` once health checks exist."""
+    """`healthy` for a service with a health check; otherwise running the current version
+    for at least `update.min_healthy_time` (Nomad's rule for an allocation without checks)."""
     if inst.desired != DesiredState.RUN or spec is None or \
             inst.spec_hash != service_hash(spec):
         return False
     if inst.state == InstanceState.HEALTHY:
         return True
+    if spec.health is not None:
+        return False  # with a check, only `healthy` is ready
     return inst.state == InstanceState.RUNNING and inst.started_at is not None and \
         now - inst.started_at >= spec.update.min_healthy_time
 

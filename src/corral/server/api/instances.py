@@ -127,8 +127,11 @@ async def report_status(instance_id: str, body: StatusBody, ctx: Ctx, caller: Ca
         if not can_transition(old.state, body.state):
             raise ApiError(409, f"instance {instance_id} cannot go from {old.state} to "
                                 f"{body.state}", {"state": old.state})
+        # A report without a pid keeps the one known while the process still runs.
+        pid = body.pid if body.pid is not None or body.state not in (
+            InstanceState.RUNNING, InstanceState.HEALTHY, InstanceState.UNHEALTHY) else old.pid
         new = dataclasses.replace(
-            old, state=body.state, reason=body.reason, pid=body.pid, exit_code=body.exit_code,
+            old, state=body.state, reason=body.reason, pid=pid, exit_code=body.exit_code,
             restarts=old.restarts if body.restarts is None else body.restarts,
             health=old.health if body.health is None else body.health,
             started_at=body.started_at if body.started_at is not None else old.started_at,
