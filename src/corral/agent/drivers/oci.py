@@ -141,11 +141,9 @@ class OciDriver(IsolatedRuntime, SupervisedDriver):
         self._runc_root = runc_root or _RUN_DIR / self._prefix / "runc"
         self._probe = probe
 
-    def _check(self) -> str:
-        if os.geteuid() != 0:
-            return f"needs root (euid {os.geteuid()}): runc creates namespaces and cgroups"
-        if isinstance(self._cgroups, NoCgroups):
-            return f"needs cgroups: {self._cgroups.reason}"
+    _needs_root_because = "runc creates namespaces and cgroups"
+
+    def _check_runtime(self) -> str:
         if self._runc is None:
             return f"{self._runc_name} not found in PATH"
         if self._tini is None:

@@ -113,11 +113,9 @@ class SandboxDriver(IsolatedRuntime, ProcessDriver):
         self._bwrap_name = bwrap
         self._probe = probe
 
-    def _check(self) -> str:
-        if os.geteuid() != 0:
-            return f"needs root (euid {os.geteuid()}): bubblewrap is not setuid here"
-        if isinstance(self._cgroups, NoCgroups):
-            return f"needs cgroups: {self._cgroups.reason}"
+    _needs_root_because = "bubblewrap is not setuid here"
+
+    def _check_runtime(self) -> str:
         if self._bwrap is None:
             return f"{self._bwrap_name} (bubblewrap) not found in PATH"
         if self._setpriv is None:

@@ -109,7 +109,18 @@ class IsolatedRuntime:
             self._unavailable = self._check()
         return self._unavailable
 
+    _cgroups: CgroupRoot | NoCgroups
+    _needs_root_because = "the runtime creates namespaces and cgroups"
+
     def _check(self) -> str:
+        if os.geteuid() != 0:
+            return f"needs root (euid {os.geteuid()}): {self._needs_root_because}"
+        if isinstance(self._cgroups, NoCgroups):
+            return f"needs cgroups: {self._cgroups.reason}"
+        return self._check_runtime()
+
+    def _check_runtime(self) -> str:
+        """What else the runtime needs ("" when usable); may run a trial."""
         raise NotImplementedError
 
     def _returncode(self, returncode: int) -> int:
