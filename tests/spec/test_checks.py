@@ -401,3 +401,17 @@ def test_isolated_network_needs_a_driver_that_can_isolate() -> None:
     else:
         raise AssertionError("process + isolated network was accepted")
     assert load_spec_text(text.replace("process", "sandbox"))
+
+
+def test_update_deadlines_must_fit_together() -> None:
+    assert problems(app({"web": svc(update={"min_healthy_time": "10s",
+                                            "healthy_deadline": "10s"})})) == [
+        ("services.web.update.min_healthy_time",
+         "min_healthy_time (10s) must be shorter than healthy_deadline (10s)")]
+    assert problems(app({"web": svc(update={"healthy_deadline": "5m",
+                                            "progress_deadline": "1m"})})) == [
+        ("services.web.update.healthy_deadline",
+         "healthy_deadline (300s) is longer than progress_deadline (60s)")]
+    assert problems(app({"web": svc(update={"min_healthy_time": "0s",
+                                            "healthy_deadline": "1s",
+                                            "progress_deadline": "1s"})})) == []

@@ -2,9 +2,12 @@
 
 Validates the file locally (every error at once, with lines), packs and uploads each
 `artifact:` directory and `isolation.rootfs` directory or tarball (content-addressed, so an
-unchanged one is not sent again), shows what changes, applies, then follows the instances
-until every service runs its desired count, with progress. Exits 1 if an instance fails
-to start or cannot be placed, 2 if the file is invalid.
+unchanged one is not sent again), shows what changes, applies, then follows each
+deployment the apply started (and the instances of the other services) with progress
+until it is done (`cli/follow.py`). Exits
+1 if a deployment fails (saying why, and which auto-revert started), an instance of
+another service fails to start or cannot be placed, or on `--timeout`; 2 if the file is
+invalid. Canaries waiting for a promotion end the wait (exit 0, with a note).
 """
 
 from __future__ import annotations
@@ -17,20 +20,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from corral.archive import ArchiveError, ArtifactInfo, pack_directory, safe_extract
 from corral.cli.common import call
-from corral.cli.output import EXIT_FAILED, EXIT_USAGE, console, die, err_console, print_json, table
+from corral.cli.follow import Outcome, finish, follow, wait_seconds
+from corral.cli.output import EXIT_USAGE, console, die, err_console, table
 from corral.client import Client
 from corral.model.application import ApplicationSpec, JobSpec, ServiceSpec
 from corral.model.codec import to_data
-from corral.model.units import parse_duration
 from corral.spec import SpecError, load_spec_file
 
-__all__ = ["apply", "wait_for_app"]
-
-RUNNING = ("running", "healthy")
+__all__ = ["apply"]
 
 
 # A root filesystem may be given as a tarball (what `docker export` or `tar -C dir -c .`
@@ -114,57 +114,6 @@ def _print_diff(result: dict[str, Any]) -> None:
         table(("KIND", "NAME", "CHANGE", "INSTANCES", "FIELDS"), rows)
 
 
-def _failures(app: dict[str, Any], since: float) -> list[str]:
-    problems = []
-    for inst in app["instances"]:
-        if inst["desired"] != "run":
-            continue
-        if inst["state"] == "failed" and inst["updated_at"] >= since:
-            problems.append(f"{inst['service']}/{inst['id']}: failed: {inst['reason']}")
-        if inst["state"] == "pending" and inst["reason"] not in ("", "waiting for placement"):
-            problems.append(f"{inst['service']}/{inst['id']}: pending: {inst['reason']}")
-    return problems
-
-
-def _progress(app: dict[str, Any]) -> dict[str, tuple[int, int, bool]]:
-    """service -> (ready, desired, settled): every wanted instance of the current version is
-    ready (running for `update.min_healthy_time`) and nothing old is still stopping."""
-    out = {}
-    for row in app["services"]:
-        mine = [i for i in app["instances"] if i["service"] == row["service"]]
-        live = [i for i in mine if i["desired"] == "run"]
-        leftovers = [i for i in mine if i["desired"] == "stop"]
-        out[row["service"]] = (row["ready"], row["desired"],
-                               row["ready"] == row["desired"] == len(live) and not leftovers)
-    return out
-
-
-async def wait_for_app(client: Client, name: str, namespace: str, *, timeout: float,
-                       since: float, show: bool) -> tuple[bool, list[str], dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[state]}"), console=err_console,
-                  disable=not show, transient=False) as progress:
-        tasks: dict[str, Any] = {}
-        while True:
-            app = await client.get_app(name, namespace)
-            for svc, (running, desired, settled) in _progress(app).items():
-                if svc not in tasks:
-                    tasks[svc] = progress.add_task(svc, total=max(desired, 1), state="")
-                states = sorted({i["state"] for i in app["instances"] if i["service"] == svc
-                                 and i["desired"] == "run" and i["state"] not in RUNNING})
-                progress.update(tasks[svc], completed=running, total=max(desired, 1),
-                                state="ready" if settled else ", ".join(states))
-            problems = _failures(app, since)
-            if problems:
-                return False, problems, app
-            if all(s for _, _, s in _progress(app).values()):
-                return True, [], app
-            if time.monotonic() > deadline:
-                return False, [f"timed out after {timeout:g}s"], app
-            await asyncio.sleep(0.25)
-
-
 def apply(
     file: Path = typer.Option(..., "-f", "--file", help="Application spec (YAML or JSON)."),
     plan: bool = typer.Option(False, "--plan", help="Show what would change; apply nothing."),
@@ -179,12 +128,9 @@ def apply(
         die(f"invalid application spec\n{exc}", EXIT_USAGE)
     except OSError as exc:
         die(f"cannot read {file}: {exc.strerror}", EXIT_USAGE)
-    try:
-        wait_s = parse_duration(timeout)
-    except ValueError as exc:
-        die(f"--timeout: {exc}", EXIT_USAGE)
+    wait_s = wait_seconds(timeout)
 
-    async def run(client: Client) -> tuple[dict[str, Any], bool, list[str], dict[str, Any] | None]:
+    async def run(client: Client) -> tuple[dict[str, Any], Outcome | None]:
         resolved = await _upload_artifacts(client, spec, file.resolve().parent,
                                            quiet=as_json)
         started = time.time() - 1
@@ -192,25 +138,11 @@ def apply(
         if not as_json:
             _print_diff(result)
         if plan or detach:
-            return result, True, [], None
-        ok, problems, app = await wait_for_app(client, spec.name, spec.namespace,
-                                               timeout=wait_s, since=started, show=not as_json)
-        return result, ok, problems, app
+            return result, None
+        outcome = await follow(client, spec.name, spec.namespace, result["deployments"],
+                               timeout=wait_s, since=started, show=not as_json)
+        return result, outcome
 
-    result, ok, problems, app = call(run)
-    if as_json:
-        out = dict(result)
-        if app is not None:
-            out["ok"] = ok
-            out["problems"] = problems
-            out["services"] = app["services"]
-        print_json(out)
-    elif app is not None:
-        if ok:
-            console.print(f"[green]{spec.name} is running[/green]: " + ", ".join(
-                f"{r['service']} {r['running']}/{r['desired']}" for r in app["services"]))
-        else:
-            for p in problems:
-                err_console.print(f"[red]{p}[/red]")
-    if not ok:
-        raise SystemExit(EXIT_FAILED)
+    result, outcome = call(run)
+    finish(result, outcome, as_json=as_json,
+           summary=f"[green]{spec.name} version {result['version']} is running[/green]")

@@ -9,12 +9,16 @@ from corral.cli import (
     apply,
     config,
     delete,
+    deployment,
     dev,
     events,
+    history,
     logs,
     node,
     nodes,
     ps,
+    restart,
+    rollback,
     server,
     status,
     token,
@@ -39,6 +43,10 @@ app.command()(events.events)
 app.command()(nodes.nodes)
 app.command()(config.config)
 app.command()(delete.delete)
+app.command()(history.history)
+app.command()(rollback.rollback)
+app.command()(restart.restart)
+app.add_typer(deployment.app, name="deployment")
 app.add_typer(node.app, name="node")
 app.add_typer(token.app, name="token")
 app.add_typer(dev.app, name="dev")

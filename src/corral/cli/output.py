@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 __all__ = ["EXIT_FAILED", "EXIT_NOT_FOUND", "EXIT_UNREACHABLE", "EXIT_USAGE", "ago", "console",
            "die", "err_console", "print_json", "table"]
@@ -42,7 +43,8 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str |
     for c in columns:
         t.add_column(c, no_wrap=True, overflow="ellipsis")
     for row in rows:
-        t.add_row(*("-" if v is None or v == "" else str(v) for v in row))
+        # Cells are data (reasons, messages), never markup: a "[" in one must print as is.
+        t.add_row(*(Text("-" if v is None or v == "" else str(v)) for v in row))
     console.print(t)
 
 

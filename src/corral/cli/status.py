@@ -1,4 +1,5 @@
-"""`corral status [APP] [-n NAMESPACE] [--json]`: per service desired / running / healthy."""
+"""`corral status [APP] [-n NAMESPACE] [--json]`: per service desired / running / healthy,
+and the state of its latest deployment (`--json`: the whole deployment record)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,20 @@ from corral.cli.output import console, print_json, table
 from corral.client import Client
 
 __all__ = ["status"]
+
+
+def _deployment(row: dict[str, Any]) -> str:
+    dep = row.get("deployment")
+    if not dep:
+        return ""
+    text = f"{dep['status']} v{dep['version']}"
+    if dep["cause"] not in ("apply", "reconcile"):
+        text += f" ({dep['cause']})"
+    if dep["waiting_for_promotion"]:
+        return text + f": {dep['canaries']} canaries ready, waiting for promotion"
+    if dep["status"] == "running":
+        return text + f" {dep['healthy']}/{dep['desired']}"
+    return text
 
 
 def status(
@@ -37,8 +52,10 @@ def status(
     for a in apps:
         for s in a["services"]:
             rows.append((a["name"], a["namespace"], a["version"], a["status"], s["service"],
-                         s["desired"], s["running"], s["healthy"], s["pending"], s["failed"]))
+                         s["desired"], s["running"], s["healthy"], s["pending"], s["failed"],
+                         _deployment(s)))
         if not a["services"]:
-            rows.append((a["name"], a["namespace"], a["version"], a["status"], "", 0, 0, 0, 0, 0))
+            rows.append((a["name"], a["namespace"], a["version"], a["status"], "", 0, 0, 0, 0, 0,
+                         ""))
     table(("APP", "NAMESPACE", "VERSION", "STATUS", "SERVICE", "DESIRED", "RUNNING", "HEALTHY",
-           "PENDING", "FAILED"), rows)
+           "PENDING", "FAILED", "DEPLOYMENT"), rows)

@@ -146,6 +146,37 @@ class Client:
         return await self.request("GET", f"/v1/apps/{name}/versions/{version}",
                                   params={"namespace": namespace})
 
+    async def history(self, name: str, namespace: str = "default") -> Any:
+        return await self.request("GET", f"/v1/apps/{name}/history",
+                                  params={"namespace": namespace})
+
+    async def rollback(self, name: str, *, service: str | None = None,
+                       version: int | None = None, namespace: str = "default") -> Any:
+        return await self.request("POST", f"/v1/apps/{name}/rollback",
+                                  params={"namespace": namespace},
+                                  json={"service": service, "version": version})
+
+    async def restart(self, name: str, *, service: str | None = None,
+                      namespace: str = "default") -> Any:
+        return await self.request("POST", f"/v1/apps/{name}/restart",
+                                  params={"namespace": namespace}, json={"service": service})
+
+    # deployments
+    async def list_deployments(self, *, app: str | None = None, namespace: str | None = None,
+                               service: str | None = None, status: str | None = None) -> Any:
+        return await self.request("GET", "/v1/deployments", params=_drop(
+            app=app, namespace=namespace, service=service, status=status))
+
+    async def get_deployment(self, deployment_id: str) -> Any:
+        return await self.request("GET", f"/v1/deployments/{deployment_id}")
+
+    async def promote_deployment(self, deployment_id: str) -> Any:
+        return await self.request("POST", f"/v1/deployments/{deployment_id}/promote")
+
+    async def fail_deployment(self, deployment_id: str, reason: str = "") -> Any:
+        return await self.request("POST", f"/v1/deployments/{deployment_id}/fail",
+                                  json={"reason": reason})
+
     # instances
     async def list_instances(self, *, app: str | None = None, namespace: str | None = None,
                              node: str | None = None, service: str | None = None,

@@ -98,6 +98,9 @@ class Instance:
     slot: int = 0  # 0..instances-1: stable position, used to pick which to stop on scale-down
     version: int  # application version this instance runs
     spec_hash: str  # model.application.service_hash of what it runs
+    # The service's restart generation when it was created: `corral restart` bumps the
+    # service's generation, and the rollout replaces every instance of an older one.
+    generation: int = 0
     resources: Resources
     port_names: tuple[str, ...] = ()  # the service's ports, in spec order
     static_ports: dict[str, int] = field(default_factory=dict)
@@ -119,6 +122,9 @@ class Instance:
     created_at: float
     updated_at: float
     started_at: float | None = None
+    # When the server saw it turn `healthy` (None while it is not): a new instance of a
+    # service with a health check is ready once it has been healthy `min_healthy_time`.
+    healthy_at: float | None = None
 
     @property
     def live(self) -> bool:

@@ -17,7 +17,18 @@ from typing import Any
 from fastapi import Depends, FastAPI
 
 from corral import __version__
-from corral.server.api import apps, artifacts, events, instances, join, nodes, system, tokens
+from corral.server.api import (
+    apps,
+    artifacts,
+    deployments,
+    events,
+    instances,
+    join,
+    nodes,
+    system,
+    tokens,
+    versions,
+)
 from corral.server.auth import authenticate
 from corral.server.context import ServerContext
 from corral.server.controllers import applications, drain, gc, scheduling
@@ -62,7 +73,8 @@ def create_app(ctx: ServerContext, *, controllers: Sequence[Controller] = CONTRO
     app.include_router(system.public)
     app.include_router(join.public)
     auth = [Depends(authenticate)]
-    for module in (system, apps, instances, nodes, events, artifacts, tokens, join):
+    for module in (system, apps, versions, deployments, instances, nodes, events, artifacts,
+                   tokens, join):
         app.include_router(module.router, dependencies=auth)
 
     @app.get("/openapi.json", dependencies=auth, include_in_schema=False)

@@ -43,6 +43,7 @@ class ServerConfig:
     artifact_max_bytes: int = 512 * 1024 * 1024
     terminal_retention: float = 3600.0  # keep stopped/lost instances this long for `ps -a`
     event_retention: int = 10_000  # events kept (newest)
+    deployment_retention: int = 50  # deployments kept per service (newest)
     history_retention: int = 100_000  # store revisions kept for watches to replay
 
     @property

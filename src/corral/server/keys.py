@@ -10,15 +10,17 @@
 /tokens/<id>                           JoinToken (secret hashed)
 /artifacts/<hex>                       artifact metadata (the blob is on disk)
 /events/<time_ns:020>-<seq:08>         Event (index = the key's create_revision)
+/deployments/<ns>/<app>/<service>/<id> Deployment
 ```
 """
 
 from __future__ import annotations
 
 __all__ = [
-    "APPS", "APP_VERSIONS", "ARTIFACTS", "EVENTS", "INSTANCES", "NODES", "NODES_ALIVE",
-    "NODES_AUTH", "TOKENS", "app", "app_version", "app_versions", "artifact", "event",
-    "instance", "node", "node_alive", "node_auth", "token",
+    "APPS", "APP_VERSIONS", "ARTIFACTS", "DEPLOYMENTS", "EVENTS", "INSTANCES", "NODES",
+    "NODES_ALIVE", "NODES_AUTH", "TOKENS", "app", "app_deployments", "app_version",
+    "app_versions", "artifact", "deployment", "event", "instance", "node", "node_alive",
+    "node_auth", "token",
 ]
 
 APPS = "/apps/"
@@ -30,6 +32,7 @@ NODES_AUTH = "/nodes-auth/"
 TOKENS = "/tokens/"
 ARTIFACTS = "/artifacts/"
 EVENTS = "/events/"
+DEPLOYMENTS = "/deployments/"
 
 
 def app(namespace: str, name: str) -> str:
@@ -42,6 +45,14 @@ def app_versions(namespace: str, name: str) -> str:
 
 def app_version(namespace: str, name: str, version: int) -> str:
     return f"{app_versions(namespace, name)}{version:010d}"
+
+
+def app_deployments(namespace: str, name: str) -> str:
+    return f"{DEPLOYMENTS}{namespace}/{name}/"
+
+
+def deployment(namespace: str, name: str, service: str, deployment_id: str) -> str:
+    return f"{app_deployments(namespace, name)}{service}/{deployment_id}"
 
 
 def instance(instance_id: str) -> str:

@@ -72,6 +72,13 @@ class Txn:
                                  message=message, payload=data))
         return self
 
+    def merge(self, other: Txn) -> Txn:
+        """Adds `other`'s compares, writes and events after this one's."""
+        self.compares += other.compares
+        self.ops += other.ops
+        self.events += other.events
+        return self
+
     async def commit(self) -> int | None:
         """The new revision, or None if a compare failed (someone else wrote first)."""
         ops = list(self.ops)

@@ -2,9 +2,10 @@
 
 pydantic has already checked each field on its own (`model/application.py`); this module
 checks fields against each other (a health check names a declared port, `depends_on` names a
-service and has no cycle, `${PORT_X}` refers to a port) and the syntax of the small languages
-inside strings (signal names, placement constraints, cron and ISO 8601 schedules). Every
-problem is reported, each with the path of the field to fix.
+service and has no cycle, `${PORT_X}` refers to a port, the update deadlines fit together)
+and the syntax of the small languages inside strings (signal names, placement constraints,
+cron and ISO 8601 schedules). Every problem is reported, each with the path of the field to
+fix.
 
 Neighbours: `spec/loader.py` runs `check_spec` after validation and `normalise_spec` once the
 spec is clean; `spec/errors.py` defines `FieldError`. The scheduler may reuse `parse_cron`.
@@ -101,6 +102,17 @@ def _check_service(report: _Report, base: Loc, service: ServiceSpec) -> None:
         report.add((*base, "restart", "backoff"),
                    f"backoff ({restart.backoff:g}s) is longer than max_backoff "
                    f"({restart.max_backoff:g}s)")
+    update = service.update
+    # An instance must be able to be ready before its deadline, and the deadline must fit
+    # in the progress deadline, or every rollout would fail (Nomad refuses the same).
+    if update.min_healthy_time >= update.healthy_deadline:
+        report.add((*base, "update", "min_healthy_time"),
+                   f"min_healthy_time ({update.min_healthy_time:g}s) must be shorter than "
+                   f"healthy_deadline ({update.healthy_deadline:g}s)")
+    if update.healthy_deadline > update.progress_deadline:
+        report.add((*base, "update", "healthy_deadline"),
+                   f"healthy_deadline ({update.healthy_deadline:g}s) is longer than "
+                   f"progress_deadline ({update.progress_deadline:g}s)")
     _check_env(report, base, service.env, service.ports)
     _check_port_refs(report, base, service)
     if normalise_signal(service.stop_signal) == "":

@@ -4,7 +4,8 @@
   as `corral apply` runs locally), checks every artifact and rootfs was uploaded, and
   stores it as a new version if it changed. Returns the version and the per-service diff.
   With `dry_run` nothing is written (`corral apply --plan`).
-- `GET /v1/apps` every application with per-service desired/running/healthy counts.
+- `GET /v1/apps` every application with per-service desired/running/healthy counts and the
+  service's latest deployment.
 - `GET /v1/apps/{name}?namespace=default` one application, its services and instances.
 - `GET /v1/apps/{name}/versions/{version}` the spec of one version (agents fetch it; a
   node credential only for a version one of its instances runs).
@@ -23,11 +24,13 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from corral.model.app import Application, AppStatus
-from corral.model.application import ApplicationSpec, ServiceSpec, service_hash
-from corral.model.codec import load_json, to_data
+from corral.model.application import ApplicationSpec
+from corral.model.codec import to_data
+from corral.model.deployment import Deployment
 from corral.model.instance import DesiredState, Instance, InstanceState
 from corral.server import keys
 from corral.server.api.artifacts import ArtifactKind, recorded_kind, serves_as
+from corral.server.api.deployments import deployment_view
 from corral.server.api.deps import check_name, get_ctx
 from corral.server.api.instances import instance_view, node_versions, select_instances
 from corral.server.auth import NODE_ACCESS, Identity, get_identity
@@ -35,6 +38,8 @@ from corral.server.context import ServerContext
 from corral.server.diff import diff_specs
 from corral.server.errors import ApiError
 from corral.server.logs import stream_logs
+from corral.server.rollout import Target, is_ready, runs_target, target_of
+from corral.server.versions import load_version, stage_version
 from corral.spec import validate_spec_data
 
 __all__ = ["router"]
@@ -82,23 +87,20 @@ async def apply(body: ApplyBody, ctx: Ctx, dry_run: bool = False) -> dict[str, A
         changes = diff_specs(old.spec if old else None, spec)
         changed = old is None or old.spec != spec
         version = (old.version + 1 if changed else old.version) if old else 1
-        result = {"name": spec.name, "namespace": spec.namespace, "version": version,
-                  "changed": changed, "created": old is None,
-                  "diff": [c.to_dict() for c in changes]}
+        result: dict[str, Any] = {
+            "name": spec.name, "namespace": spec.namespace, "version": version,
+            "changed": changed, "created": old is None, "diff": [c.to_dict() for c in changes],
+            "deployments": []}
         if dry_run or not changed:
             return result
-        now = ctx.clock.now()
-        app = Application(name=spec.name, namespace=spec.namespace, version=version, spec=spec,
-                          created_at=old.created_at if old else now, updated_at=now)
-        summary = ", ".join(f"{c.name} {c.change}" for c in changes if c.change != "unchanged")
-        txn = (ctx.records.txn()
-               .put(key, app, expect=current.mod_revision if current else 0)
-               .put(keys.app_version(spec.namespace, spec.name, version), spec, expect=0)
-               .event("app", f"{spec.namespace}/{spec.name}",
-                      "registered" if old is None else "updated",
-                      f"application {spec.name} version {version}: {summary or 'no change'}",
-                      {"version": version, "diff": result["diff"]}))
+        deployments, _ = await ctx.records.scan(Deployment,
+                                                keys.app_deployments(spec.namespace, spec.name))
+        txn = ctx.records.txn()
+        staged = stage_version(txn, current=current, spec=spec, deployments=deployments,
+                               now=ctx.clock.now(), new_id=ctx.new_id)
         if await txn.commit() is not None:
+            result["deployments"] = [{"service": d.service, "id": d.id, "canaries": d.canaries}
+                                     for d in staged.deployments]
             return result
     raise ApiError(409, f"application {spec.name} kept changing while applying; retry")
 
@@ -110,27 +112,23 @@ async def _get_app(ctx: ServerContext, name: str, namespace: str) -> Application
     return item.record
 
 
-def _ready(inst: Instance, spec: ServiceSpec | None, now: float) -> bool:
-    """`healthy` for a service with a health check; otherwise running the current version
-    for at least `update.min_healthy_time` (Nomad's rule for an allocation without checks)."""
-    if inst.desired != DesiredState.RUN or spec is None or \
-            inst.spec_hash != service_hash(spec):
-        return False
-    if inst.state == InstanceState.HEALTHY:
-        return True
-    if spec.health is not None:
-        return False  # with a check, only `healthy` is ready
-    return inst.state == InstanceState.RUNNING and inst.started_at is not None and \
-        now - inst.started_at >= spec.update.min_healthy_time
+def _ready(inst: Instance, target: Target | None, now: float) -> bool:
+    """Runs the service's target and is ready as a rollout counts it (`server/rollout.py`)."""
+    return target is not None and inst.desired == DesiredState.RUN and \
+        runs_target(inst, target) and is_ready(inst, target.spec, now)
 
 
-def _service_rows(app: Application, instances: list[Instance], now: float
-                  ) -> list[dict[str, Any]]:
+def _service_rows(app: Application, instances: list[Instance], deployments: list[Deployment],
+                  now: float) -> list[dict[str, Any]]:
+    latest: dict[str, Deployment] = {}
+    for d in sorted(deployments, key=lambda d: (d.version, d.generation, d.created_at)):
+        latest[d.service] = d
     rows = []
     names = sorted(set(app.spec.services) | {i.service for i in instances})
     for svc in names:
         mine = [i for i in instances if i.service == svc]
         spec = app.spec.services.get(svc)
+        target = target_of(app, svc)
         rows.append({
             "service": svc,
             "desired": spec.instances if spec and app.status == AppStatus.ACTIVE else 0,
@@ -138,27 +136,34 @@ def _service_rows(app: Application, instances: list[Instance], now: float
             "running": sum(1 for i in mine if i.state in (InstanceState.RUNNING,
                                                           InstanceState.HEALTHY)),
             "healthy": sum(1 for i in mine if i.state == InstanceState.HEALTHY),
-            "ready": sum(1 for i in mine if _ready(i, spec, now)),
+            "ready": sum(1 for i in mine if _ready(i, target, now)),
             "pending": sum(1 for i in mine if i.state == InstanceState.PENDING),
             "failed": sum(1 for i in mine if i.state == InstanceState.FAILED),
             "version": max((i.version for i in mine if i.live), default=app.version),
+            "deployment": deployment_view(latest[svc]) if svc in latest else None,
         })
     return rows
 
 
-def _app_view(app: Application, instances: list[Instance], now: float) -> dict[str, Any]:
+def _app_view(app: Application, instances: list[Instance], deployments: list[Deployment],
+              now: float) -> dict[str, Any]:
     return {"name": app.name, "namespace": app.namespace, "version": app.version,
             "status": app.status, "created_at": app.created_at, "updated_at": app.updated_at,
-            "services": _service_rows(app, instances, now)}
+            "services": _service_rows(app, instances, deployments, now)}
 
 
 @router.get("")
 async def list_apps(ctx: Ctx, namespace: str | None = None) -> list[dict[str, Any]]:
     apps, _ = await ctx.records.scan(Application, keys.APPS)
     instances = await select_instances(ctx, namespace=namespace)
+    deployments, _ = await ctx.records.scan(Deployment, keys.DEPLOYMENTS)
     now = ctx.clock.now()
-    return [_app_view(a.record, [i for i in instances if i.app == a.record.name
-                                 and i.namespace == a.record.namespace], now)
+
+    def mine(a: Application, things: list[Any]) -> list[Any]:
+        return [t for t in things if t.app == a.name and t.namespace == a.namespace]
+
+    return [_app_view(a.record, mine(a.record, instances),
+                      mine(a.record, [d.record for d in deployments]), now)
             for a in apps if namespace is None or a.record.namespace == namespace]
 
 
@@ -166,7 +171,8 @@ async def list_apps(ctx: Ctx, namespace: str | None = None) -> list[dict[str, An
 async def get_app(name: str, ctx: Ctx, namespace: str = "default") -> dict[str, Any]:
     app = await _get_app(ctx, name, namespace)
     instances = await select_instances(ctx, namespace=namespace, app=name)
-    view = _app_view(app, instances, ctx.clock.now())
+    deployments, _ = await ctx.records.scan(Deployment, keys.app_deployments(namespace, name))
+    view = _app_view(app, instances, [d.record for d in deployments], ctx.clock.now())
     view["spec"] = to_data(app.spec)
     view["instances"] = [instance_view(ctx, i) for i in instances]
     return view
@@ -182,11 +188,12 @@ async def get_version(name: str, version: int, ctx: Ctx,
             (namespace, name, version) not in await node_versions(ctx, caller.node):
         raise ApiError(403, f"node {caller.node} runs no instance of {namespace}/{name} "
                             f"version {version}")
-    kv = await ctx.store.get(keys.app_version(namespace, name, version))
-    if kv is None:
+    stored = await load_version(ctx.records, namespace, name, version)
+    if stored is None:
         raise ApiError(404, f"application {name!r} has no version {version}")
     return {"name": name, "namespace": namespace, "version": version,
-            "spec": to_data(load_json(ApplicationSpec, kv.value))}
+            "created_at": stored.created_at, "cause": stored.cause, "reason": stored.reason,
+            "spec": to_data(stored.spec)}
 
 
 @router.delete("/{name}")

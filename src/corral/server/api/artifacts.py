@@ -27,14 +27,13 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, Response
 
 from corral.archive import ArchiveError, inspect_archive, parse_digest
-from corral.model.application import ApplicationSpec
-from corral.model.codec import load_json
 from corral.server import keys
 from corral.server.api.deps import get_ctx
 from corral.server.api.instances import node_versions
 from corral.server.auth import NODE_ACCESS, Identity, get_identity
 from corral.server.context import ServerContext
 from corral.server.errors import ApiError
+from corral.server.versions import load_version
 
 __all__ = ["ArtifactKind", "blob_path", "recorded_kind", "router", "serves_as"]
 
@@ -135,10 +134,10 @@ async def node_digests(ctx: ServerContext, node: str) -> set[str]:
     """Every artifact and rootfs digest the versions run on `node` use."""
     found: set[str] = set()
     for namespace, app, version in sorted(await node_versions(ctx, node)):
-        kv = await ctx.store.get(keys.app_version(namespace, app, version))
-        if kv is None:
+        stored = await load_version(ctx.records, namespace, app, version)
+        if stored is None:
             continue
-        spec = load_json(ApplicationSpec, kv.value)
+        spec = stored.spec
         parts = [(p.artifact, p.isolation.rootfs) for p in spec.services.values()]
         parts += [(p.artifact, p.isolation.rootfs) for p in spec.jobs.values()]
         found.update(d for pair in parts for d in pair if d)

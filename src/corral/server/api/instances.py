@@ -130,12 +130,16 @@ async def report_status(instance_id: str, body: StatusBody, ctx: Ctx, caller: Ca
         # A report without a pid keeps the one known while the process still runs.
         pid = body.pid if body.pid is not None or body.state not in (
             InstanceState.RUNNING, InstanceState.HEALTHY, InstanceState.UNHEALTHY) else old.pid
+        now = ctx.clock.now()
+        # The server's clock, not the agent's: the rollout compares it with its own `now`.
+        healthy_at = None if body.state != InstanceState.HEALTHY else (
+            old.healthy_at if old.state == InstanceState.HEALTHY else now)
         new = dataclasses.replace(
             old, state=body.state, reason=body.reason, pid=pid, exit_code=body.exit_code,
             restarts=old.restarts if body.restarts is None else body.restarts,
             health=old.health if body.health is None else body.health,
             started_at=body.started_at if body.started_at is not None else old.started_at,
-            updated_at=ctx.clock.now(),
+            healthy_at=healthy_at, updated_at=now,
         )
         if new == dataclasses.replace(old, updated_at=new.updated_at):
             return {"changed": False}

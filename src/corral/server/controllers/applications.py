@@ -1,16 +1,21 @@
-"""The application controller: turns each application's desired instance counts into
-instance records, and removes what is no longer wanted.
+"""The application controller: keeps each service's instances at its desired count and
+version, replacing outdated ones through the service's deployment, and removes what is no
+longer wanted.
 
-For each service it keeps exactly `instances` live instances of the current service spec:
-it creates pending ones (the scheduler places them), asks for extra ones to stop (highest
-slot first, never-placed ones before running ones), and replaces instances whose spec hash
-is outdated (stop old, create new; issue 5 turns this into rolling deployments). Scaling
-alone never replaces an instance: `instances` is not part of the spec hash.
-An application being deleted has all its instances stopped; once none is left, its record
-and versions are removed.
+Per service, `server/rollout.py` decides the step (the rolling update's rules are there)
+and this module applies it in one transaction per application: new pending instances (the
+scheduler places them), stop requests (never-placed instances become `stopped` at once), and
+the deployment record with its events. Scaling alone never replaces an instance:
+`instances` is not part of the spec hash. An application being deleted has all its
+instances stopped and running deployments cancelled; once no instance is left, its record,
+versions and deployments are removed.
 
-Neighbours: `server/api/apps.py` writes applications; the scheduler controller places
-pending instances; agents move instances through their states.
+It returns how soon time alone changes a rollout (`min_healthy_time` passing, a deadline),
+so the loop wakes then rather than at the next resync.
+
+Neighbours: `server/api/apps.py` and `server/versions.py` write applications and start
+deployments; the scheduler controller places pending instances; agents move instances
+through their states.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import dataclasses
 from collections import defaultdict
 
 from corral.model.app import Application, AppStatus
-from corral.model.application import ServiceSpec, service_hash
+from corral.model.deployment import Deployment, DeploymentStatus, can_transition
 from corral.model.instance import (
     TERMINAL_STATES,
     DesiredState,
@@ -31,6 +36,8 @@ from corral.server import keys
 from corral.server.context import ServerContext
 from corral.server.controllers.base import Controller
 from corral.server.records import Txn, Versioned
+from corral.server.rollout import Step, Target, plan_service, runs_target, target_of
+from corral.server.versions import latest_deployments, stage_reverts
 
 __all__ = ["CONTROLLER", "reconcile_applications"]
 
@@ -55,114 +62,176 @@ def _stop(txn: Txn, item: Versioned[Instance], reason: str, now: float) -> None:
                "node": inst.node, "reason": reason})
 
 
-def _stop_order(item: Versioned[Instance]) -> tuple[int, int, int]:
-    inst = item.record
-    placed = 0 if inst.node is None else 1
-    running = 1 if inst.state in (InstanceState.RUNNING, InstanceState.HEALTHY) else 0
-    return (placed, running, -inst.slot)
-
-
-def _new_instance(ctx: ServerContext, app: Application, name: str, spec: ServiceSpec,
-                  slot: int, taken: set[str], now: float) -> Instance:
+def _new_instance(ctx: ServerContext, app: Application, target: Target, name: str, slot: int,
+                  taken: set[str], now: float) -> Instance:
     iid = ctx.new_id()
     while iid in taken:
         iid = ctx.new_id()
     taken.add(iid)
+    spec = target.spec
     return Instance(
         id=InstanceId(iid), namespace=app.namespace, app=app.name, service=name, slot=slot,
-        version=app.version, spec_hash=service_hash(spec), resources=spec.resources,
-        port_names=tuple(p.name for p in spec.ports),
+        version=target.version, spec_hash=target.spec_hash, generation=target.generation,
+        resources=spec.resources, port_names=tuple(p.name for p in spec.ports),
         static_ports={p.name: p.static for p in spec.ports if p.static is not None},
         driver=spec.isolation.driver, created_at=now, updated_at=now,
         reason="waiting for placement",
     )
 
 
-def _reconcile_service(ctx: ServerContext, txn: Txn, app: Application, name: str,
-                       spec: ServiceSpec | None, items: list[Versioned[Instance]],
-                       taken: set[str], now: float) -> None:
-    wanted = [i for i in items if i.record.desired == DesiredState.RUN
-              and i.record.state not in TERMINAL_STATES]
-    if spec is None:
-        for item in wanted:
-            _stop(txn, item, f"service {name} removed from the application", now)
+def _put_deployment(txn: Txn, dep: Deployment, known: dict[str, Versioned[Deployment]]) -> None:
+    item = known.get(dep.id)
+    if item is not None and not can_transition(item.record.status, dep.status):
+        raise RuntimeError(f"deployment {dep.id}: no transition from {item.record.status} "
+                           f"to {dep.status}")
+    txn.put(keys.deployment(dep.namespace, dep.app, dep.service, dep.id), dep,
+            expect=item.mod_revision if item else 0)
+
+
+def _apply_step(ctx: ServerContext, txn: Txn, app: Application, name: str, step: Step,
+                items: list[Versioned[Instance]], latest: Versioned[Deployment] | None,
+                taken: set[str], now: float, *, instances: bool) -> None:
+    known: dict[str, Versioned[Deployment]] = {latest.record.id: latest} if latest else {}
+    for dep in step.deployments:
+        _put_deployment(txn, dep, known)
+    records: dict[str, Deployment] = {d.id: d for d in step.deployments}
+    for dep_id, event_type, message in step.events:
+        txn.event("deployment", dep_id, event_type, message, _payload(records[dep_id]))
+    if not instances:
         return
-    digest = service_hash(spec)
-    current: list[Versioned[Instance]] = []
-    migrating: list[Versioned[Instance]] = []
-    for item in wanted:
-        if item.record.spec_hash != digest:
-            _stop(txn, item, f"replaced by version {app.version}", now)
-        elif item.record.migrate:
-            migrating.append(item)
+    by_id = {i.record.id: i for i in items}
+    for iid, reason in step.stops:
+        _stop(txn, by_id[iid], reason, now)
+    target = target_of(app, name)
+    if target is None:
+        return
+    stopping = {iid for iid, _ in step.stops}
+    used = {i.record.slot for i in items if i.record.live and not i.record.migrate
+            and i.record.id not in stopping and runs_target(i.record, target)}
+    free = (s for s in range(step.create + len(items) + 1) if s not in used)
+    for _ in range(step.create):
+        inst = _new_instance(ctx, app, target, name, next(free), taken, now)
+        txn.put(keys.instance(inst.id), inst, expect=0)
+        txn.event("instance", inst.id, "pending", f"{app.name}/{name} instance {inst.id} "
+                  f"created for version {target.version}",
+                  {"app": app.name, "namespace": app.namespace, "service": name,
+                   "version": target.version, "slot": inst.slot})
+
+
+def _failed_now(step: Step, latest: Versioned[Deployment] | None) -> Deployment | None:
+    """The service's deployment if this step fails it."""
+    if latest is None or latest.record.final:
+        return None
+    return next((d for d in step.deployments if d.id == latest.record.id
+                 and d.status == DeploymentStatus.FAILED), None)
+
+
+def _payload(dep: Deployment) -> dict[str, object]:
+    return {"app": dep.app, "namespace": dep.namespace, "service": dep.service,
+            "version": dep.version, "status": dep.status, "reason": dep.reason,
+            "desired": dep.desired, "healthy": dep.healthy, "cause": dep.cause}
+
+
+def _reconcile_deleting(txn: Txn, app: Versioned[Application], items: list[Versioned[Instance]],
+                        deployments: list[Versioned[Deployment]], now: float) -> None:
+    record = app.record
+    remaining = 0
+    for item in items:
+        inst = item.record
+        if inst.state in TERMINAL_STATES or inst.node is None:
+            txn.delete(keys.instance(inst.id), expect=item.mod_revision)
+        elif inst.desired == DesiredState.RUN:
+            _stop(txn, item, f"application {record.name} deleted", now)
+            remaining += 1
         else:
-            current.append(item)
-    # A migrating instance (its node drains) stops once its replacements run: capacity
-    # never drops below the desired count while a node is drained.
-    running = sum(1 for i in current if i.record.state in (InstanceState.RUNNING,
-                                                           InstanceState.HEALTHY))
-    if running >= spec.instances:
-        for item in migrating:
-            _stop(txn, item, f"migrated off draining node {item.record.node}", now)
-    if len(current) > spec.instances:
-        for item in sorted(current, key=_stop_order)[: len(current) - spec.instances]:
-            _stop(txn, item, f"scaled down to {spec.instances}", now)
-    elif len(current) < spec.instances:
-        used = {i.record.slot for i in current}
-        free = (s for s in range(spec.instances * 2 + len(used)) if s not in used)
-        for _ in range(spec.instances - len(current)):
-            inst = _new_instance(ctx, app, name, spec, next(free), taken, now)
-            txn.put(keys.instance(inst.id), inst, expect=0)
-            txn.event("instance", inst.id, "pending", f"{app.name}/{name} instance {inst.id} "
-                      f"created for version {app.version}",
-                      {"app": app.name, "namespace": app.namespace, "service": name,
-                       "version": app.version, "slot": inst.slot})
+            remaining += 1
+    for dep_item in deployments:
+        dep = dep_item.record
+        if not dep.final:
+            dep = dataclasses.replace(dep, status=DeploymentStatus.CANCELLED,
+                                      reason="application deleted", updated_at=now)
+            _put_deployment(txn, dep, {dep.id: dep_item})
+            txn.event("deployment", dep.id, "cancelled", f"{dep.app}/{dep.service} deployment "
+                      f"{dep.id} (version {dep.version}) cancelled: application deleted",
+                      _payload(dep))
+    if remaining == 0:
+        txn.delete(keys.app(record.namespace, record.name), expect=app.mod_revision)
+        txn.delete(keys.app_versions(record.namespace, record.name), prefix=True)
+        txn.delete(keys.app_deployments(record.namespace, record.name), prefix=True)
+        txn.event("app", f"{record.namespace}/{record.name}", "deleted",
+                  f"application {record.name} deleted")
+
+
+async def _reconcile_active(ctx: ServerContext, txn: Txn, app: Versioned[Application],
+                            items: list[Versioned[Instance]],
+                            deployments: list[Versioned[Deployment]], taken: set[str],
+                            now: float) -> list[float]:
+    record = app.record
+    by_service: dict[str, list[Versioned[Instance]]] = defaultdict(list)
+    for item in items:
+        by_service[item.record.service].append(item)
+    latest = latest_deployments(deployments)
+    steps: dict[str, Step] = {}
+    for name in sorted(set(record.spec.services) | set(by_service) | set(latest)):
+        newest = latest.get(name)
+        steps[name] = plan_service(
+            namespace=record.namespace, app=record.name, service=name,
+            target=target_of(record, name), latest=newest.record if newest else None,
+            instances=[i.record for i in by_service.get(name, [])], now=now,
+            new_id=ctx.new_id)
+    failed = [d for name, step in steps.items()
+              if (d := _failed_now(step, latest.get(name))) is not None]
+    revert = ctx.records.txn()  # committed with the rest, after it (events in order)
+    reverted = await stage_reverts(ctx.records, revert, current=app, failed=failed,
+                                   deployments=deployments, now=now,
+                                   new_id=ctx.new_id) if failed else None
+    for name, step in steps.items():
+        # A service being reverted waits for the next round to act on its instances: this
+        # step was planned for the version that just failed.
+        hold = reverted is not None and any(d.service == name for d in reverted.deployments)
+        _apply_step(ctx, txn, record, name, step, by_service.get(name, []), latest.get(name),
+                    taken, now, instances=not hold)
+    txn.merge(revert)
+    return [s.wake_at for s in steps.values() if s.wake_at is not None]
 
 
 async def _reconcile_app(ctx: ServerContext, app: Versioned[Application],
-                         items: list[Versioned[Instance]], taken: set[str]) -> None:
+                         items: list[Versioned[Instance]],
+                         deployments: list[Versioned[Deployment]], taken: set[str]
+                         ) -> float | None:
     now = ctx.clock.now()
-    record = app.record
     txn = ctx.records.txn()
-    if record.status == AppStatus.DELETING:
-        remaining = 0
-        for item in items:
-            inst = item.record
-            if inst.state in TERMINAL_STATES or inst.node is None:
-                txn.delete(keys.instance(inst.id), expect=item.mod_revision)
-            elif inst.desired == DesiredState.RUN:
-                _stop(txn, item, f"application {record.name} deleted", now)
-                remaining += 1
-            else:
-                remaining += 1
-        if remaining == 0:
-            txn.delete(keys.app(record.namespace, record.name), expect=app.mod_revision)
-            txn.delete(keys.app_versions(record.namespace, record.name), prefix=True)
-            txn.event("app", f"{record.namespace}/{record.name}", "deleted",
-                      f"application {record.name} deleted")
+    wake: list[float] = []
+    if app.record.status == AppStatus.DELETING:
+        _reconcile_deleting(txn, app, items, deployments, now)
     else:
-        by_service: dict[str, list[Versioned[Instance]]] = defaultdict(list)
-        for item in items:
-            by_service[item.record.service].append(item)
-        for name in sorted(set(record.spec.services) | set(by_service)):
-            _reconcile_service(ctx, txn, record, name, record.spec.services.get(name),
-                               by_service.get(name, []), taken, now)
+        wake = await _reconcile_active(ctx, txn, app, items, deployments, taken, now)
     if txn.ops:
         await txn.commit()  # a lost race is retried on the wake-up the winner causes
+    return min(wake, default=None)
 
 
-async def reconcile_applications(ctx: ServerContext) -> None:
+async def reconcile_applications(ctx: ServerContext) -> float | None:
+    """Returns how soon time alone changes a rollout (a new instance ready, a deadline)."""
     apps, _ = await ctx.records.scan(Application, keys.APPS)
     instances, _ = await ctx.records.scan(Instance, keys.INSTANCES)
+    deployments, _ = await ctx.records.scan(Deployment, keys.DEPLOYMENTS)
     taken: set[str] = {i.record.id for i in instances}
     by_app: dict[tuple[str, str], list[Versioned[Instance]]] = defaultdict(list)
     for item in instances:
         by_app[(item.record.namespace, item.record.app)].append(item)
+    deps_by_app: dict[tuple[str, str], list[Versioned[Deployment]]] = defaultdict(list)
+    for dep in deployments:
+        deps_by_app[(dep.record.namespace, dep.record.app)].append(dep)
     known = set()
+    wake: list[float] = []
     for app in apps:
         ident = (app.record.namespace, app.record.name)
         known.add(ident)
-        await _reconcile_app(ctx, app, by_app.get(ident, []), taken)
+        at = await _reconcile_app(ctx, app, by_app.get(ident, []), deps_by_app.get(ident, []),
+                                  taken)
+        if at is not None:
+            wake.append(at)
     # Instances of an application that no longer exists (e.g. removed by hand): stop them.
     now = ctx.clock.now()
     txn = ctx.records.txn()
@@ -176,7 +245,9 @@ async def reconcile_applications(ctx: ServerContext) -> None:
                 _stop(txn, item, f"application {ident[1]} no longer exists", now)
     if txn.ops:
         await txn.commit()
+    return max(0.0, min(wake) - now) if wake else None
 
 
-CONTROLLER = Controller(name="applications", watches=(keys.APPS, keys.INSTANCES),
+CONTROLLER = Controller(name="applications",
+                        watches=(keys.APPS, keys.INSTANCES, keys.DEPLOYMENTS),
                         reconcile=reconcile_applications)

@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 class Controller:
     name: str
     watches: Sequence[str]  # key prefixes whose changes wake it
-    reconcile: Callable[[ServerContext], Awaitable[None]]
+    # May return the seconds after which time alone changes its answer (a deadline): the
+    # loop then wakes by then even if nothing changes.
+    reconcile: Callable[[ServerContext], Awaitable[float | None]]
     resync: float = 30.0  # reconcile at least this often even if nothing changed
 
 
@@ -33,10 +35,12 @@ async def run_controller(ctx: ServerContext, controller: Controller) -> None:
     while True:
         try:
             start = ctx.hub.revision
-            await controller.reconcile(ctx)
+            due = await controller.reconcile(ctx)
             backoff = 0.05
+            timeout = controller.resync if due is None else \
+                min(controller.resync, max(due, 0.05))
             # Changes made while reconciling (including our own writes) wake us at once.
-            await ctx.hub.wait(start, controller.watches, controller.resync)
+            await ctx.hub.wait(start, controller.watches, timeout)
         except asyncio.CancelledError:
             raise
         except Exception:

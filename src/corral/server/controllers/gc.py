@@ -1,12 +1,17 @@
-"""Garbage collection: forgets instances that ended long ago and events beyond retention.
+"""Garbage collection: forgets instances that ended long ago, events and deployments
+beyond retention.
 
 Stopped and lost instances stay visible to `corral ps -a` for `terminal_retention`
-seconds; the newest `event_retention` events are kept for replay; the store keeps the last
-`history_retention` revisions of change history.
+seconds; the newest `event_retention` events are kept for replay; the newest
+`deployment_retention` deployments of each service are kept for `corral history` (a running
+one always); the store keeps the last `history_retention` revisions of change history.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+
+from corral.model.deployment import Deployment
 from corral.model.instance import TERMINAL_STATES, Instance
 from corral.server import keys
 from corral.server.context import ServerContext
@@ -24,6 +29,16 @@ async def reconcile_gc(ctx: ServerContext) -> None:
         if inst.state in TERMINAL_STATES and \
                 now - inst.updated_at > ctx.config.terminal_retention:
             txn.delete(keys.instance(inst.id), expect=item.mod_revision)
+    deployments, _ = await ctx.records.scan(Deployment, keys.DEPLOYMENTS)
+    per_service: dict[tuple[str, str, str], list[Deployment]] = defaultdict(list)
+    for dep_item in deployments:
+        d = dep_item.record
+        per_service[(d.namespace, d.app, d.service)].append(d)
+    for deps in per_service.values():
+        deps.sort(key=lambda d: (d.version, d.generation, d.created_at), reverse=True)
+        for d in deps[ctx.config.deployment_retention:]:
+            if d.final:
+                txn.delete(keys.deployment(d.namespace, d.app, d.service, d.id))
     events, _ = await ctx.store.range(keys.EVENTS)
     excess = len(events) - ctx.config.event_retention
     for kv in events[: max(excess, 0)]:
