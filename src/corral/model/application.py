@@ -194,8 +194,35 @@ class ApplicationSpec:
 
 
 def service_hash(spec: ServiceSpec) -> str:
-    """A stable digest of what an instance runs. `instances` is left out: scaling a service
-    must not replace its running instances."""
+    """A stable digest of what an instance runs: a change of it replaces the instances.
+
+    Left out: `instances` (scaling must not replace running instances), `update` (how a
+    change rolls out is no change to what runs, as in Nomad), and every field, at any
+    depth, that has its default value, so adding a field with a default to the spec does
+    not change the hash of a stored service (which would replace every instance on
+    upgrade)."""
     from corral.model.codec import dump_json  # local: codec is generic over all records
 
-    return hashlib.sha256(dump_json(dataclasses.replace(spec, instances=0))).hexdigest()[:16]
+    data = _non_default(dataclasses.replace(spec, instances=0, update=UpdateSpec()))
+    return hashlib.sha256(dump_json(data)).hexdigest()[:16]
+
+
+def _non_default(record: Any) -> dict[str, Any]:
+    from corral.model.codec import to_data
+
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        if value == default:
+            continue
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            out[f.name] = _non_default(value)
+        else:
+            out[f.name] = to_data(value)
+    return out
