@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := bubblewrap runc tini redis-server iproute2 procps util-linux curl python3 python3-venv
+APT_PACKAGES := bubblewrap runc tini redis-server haproxy iproute2 procps util-linux curl python3 python3-venv
 PYTEST_ARGS ?=
 
 .PHONY: deps demo test lint unit down clean

@@ -3,7 +3,7 @@ rolling update of 3 instances with an http health check from v1 to v2, the answe
 switching from v1 to v2 while healthy capacity never drops below 3; then a v3 that never
 becomes healthy fails at its healthy_deadline, `corral apply` says why and exits 1, and
 `auto_revert` brings v2's spec back without touching the v2 instances; `history`,
-`status`, `deployment list` and a rolling `restart` on the way."""
+`status`, `deployment list`, a rolling `restart` and a `scale` on the way."""
 
 from __future__ import annotations
 
@@ -146,4 +146,12 @@ def test_rolling_update_then_a_bad_release_reverts(cluster: LocalCluster, tmp_pa
     after = live(cluster)
     assert len(after) == 3 and not {i["id"] for i in after} & v2
     assert {i["version"] for i in after} == {4} and {i["generation"] for i in after} == {1}
+
+    scaled = cluster.corral("scale", "roll/web", "4", "--timeout", "60s")
+    assert scaled.returncode == 0, scaled.stdout + scaled.stderr
+    assert "roll/web: 3 -> 4 instances (version 5)" in scaled.stdout, scaled.stdout
+    bigger = live(cluster)
+    assert len(bigger) == 4 and {i["id"] for i in after} < {i["id"] for i in bigger}
+    assert cluster.corral_json("history", "roll")[-1]["cause"] == "scale"
+    assert cluster.corral("scale", "roll", "2").returncode == 2  # no service named
     cluster.corral("delete", "roll", check=True)

@@ -131,3 +131,31 @@ async def test_status_shows_each_services_latest_deployment(srv: ServerHarness) 
     [app] = await srv.client.list_apps()
     dep = app["services"][0]["deployment"]
     assert (dep["version"], dep["status"], dep["desired"]) == (2, "running", 3)
+
+
+async def test_scale_is_a_new_version_that_replaces_nothing(srv: ServerHarness) -> None:
+    await srv.client.apply(spec("1"))
+    await settle(srv)
+    before = {i["id"] for i in await live(srv)}
+    result = await srv.client.scale("shop", service="web", instances=5)
+    assert (result["version"], result["from"], result["to"], result["changed"]) == (
+        2, 3, 5, True)
+    await settle(srv)
+    after = {i["id"] for i in await live(srv)}
+    assert before < after and len(after) == 5
+    assert [d.version for d in await deployments(srv)] == [1]  # no deployment started
+    [*_, v2] = await srv.client.history("shop")
+    assert (v2["cause"], v2["reason"]) == ("scale", "web: 3 -> 5 instances")
+    down = await srv.client.scale("shop", service="web", instances=1)
+    await settle(srv)
+    assert down["version"] == 3 and len(await live(srv)) == 1
+    same = await srv.client.scale("shop", service="web", instances=1)
+    assert (same["version"], same["changed"]) == (3, False)
+    for kwargs, status in [({"service": "nope", "instances": 1}, 404),
+                           ({"service": "web", "instances": -1}, 422)]:
+        with pytest.raises(ApiError) as err:
+            await srv.client.scale("shop", **kwargs)
+        assert err.value.status == status, err.value.message
+    with pytest.raises(ApiError) as err:
+        await srv.client.scale("nope", service="web", instances=1)
+    assert err.value.status == 404

@@ -19,6 +19,7 @@ from corral.cli import (
     ps,
     restart,
     rollback,
+    scale,
     server,
     status,
     token,
@@ -46,6 +47,7 @@ app.command()(delete.delete)
 app.command()(history.history)
 app.command()(rollback.rollback)
 app.command()(restart.restart)
+app.command()(scale.scale)
 app.add_typer(deployment.app, name="deployment")
 app.add_typer(node.app, name="node")
 app.add_typer(token.app, name="token")

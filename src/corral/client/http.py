@@ -161,6 +161,12 @@ class Client:
         return await self.request("POST", f"/v1/apps/{name}/restart",
                                   params={"namespace": namespace}, json={"service": service})
 
+    async def scale(self, name: str, *, service: str, instances: int,
+                    namespace: str = "default") -> Any:
+        return await self.request("POST", f"/v1/apps/{name}/scale",
+                                  params={"namespace": namespace},
+                                  json={"service": service, "instances": instances})
+
     # deployments
     async def list_deployments(self, *, app: str | None = None, namespace: str | None = None,
                                service: str | None = None, status: str | None = None) -> Any:

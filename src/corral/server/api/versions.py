@@ -13,6 +13,10 @@
 - `POST /v1/apps/{name}/restart?namespace=default` body `{"service": null}`: a rolling
   restart of one service or all: every instance is replaced by the deployment rules, with
   no new version (the service's restart generation goes up).
+- `POST /v1/apps/{name}/scale?namespace=default` body `{"service": "web", "instances": 5}`:
+  a new version (cause `scale`) whose only change is that service's `instances`. It starts
+  no deployment: instances are added or stopped at once (`instances` is not part of the
+  spec hash). Answers `{name, namespace, version, service, from, to, changed}`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import dataclasses
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from corral.model.app import Application, AppStatus, AppVersion
 from corral.model.application import ApplicationSpec
@@ -48,6 +52,11 @@ class RollbackBody(BaseModel):
 
 class RestartBody(BaseModel):
     service: str | None = None
+
+
+class ScaleBody(BaseModel):
+    service: str
+    instances: Annotated[int, Field(ge=0, le=100_000)]
 
 
 async def _current(ctx: ServerContext, name: str, namespace: str) -> Versioned[Application]:
@@ -179,4 +188,34 @@ async def restart(name: str, body: RestartBody, ctx: Ctx, namespace: str = "defa
         if await txn.commit() is not None:
             return {"name": name, "namespace": namespace, "version": app.version,
                     "services": services, "deployments": _started(staged)}
+    raise ApiError(409, f"application {name} kept changing; retry")
+
+
+@router.post("/{name}/scale")
+async def scale(name: str, body: ScaleBody, ctx: Ctx, namespace: str = "default"
+                ) -> dict[str, Any]:
+    for _ in range(10):
+        current = await _current(ctx, name, namespace)
+        app = current.record
+        service = app.spec.services.get(body.service)
+        if service is None:
+            raise ApiError(404, f"application {name} has no service {body.service!r}")
+        result: dict[str, Any] = {
+            "name": name, "namespace": namespace, "version": app.version,
+            "service": body.service, "from": service.instances, "to": body.instances,
+            "changed": service.instances != body.instances}
+        if not result["changed"]:
+            return result
+        services = dict(app.spec.services)
+        services[body.service] = dataclasses.replace(service, instances=body.instances)
+        spec = dataclasses.replace(app.spec, services=services)
+        txn = ctx.records.txn()
+        staged = stage_version(txn, current=current, spec=spec,
+                               deployments=await _deployments(ctx, namespace, name),
+                               now=ctx.clock.now(), new_id=ctx.new_id, cause="scale",
+                               reason=f"{body.service}: {service.instances} -> "
+                                      f"{body.instances} instances")
+        if await txn.commit() is not None:
+            result["version"] = staged.app.version
+            return result
     raise ApiError(409, f"application {name} kept changing; retry")
