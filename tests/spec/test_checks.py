@@ -3,7 +3,6 @@ names the rule that broke."""
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from corral.model.application import ApplicationSpec
 from corral.model.codec import from_data
 from corral.spec import check_spec, normalise_spec, parse_cron
-from corral.spec.checks import normalise_signal, parse_repeating_interval
+from corral.spec.checks import normalise_signal
 from corral.spec.errors import Loc
 
 DIGEST = "sha256:" + "ab" * 32
@@ -230,8 +229,8 @@ def test_rootfs_only_with_oci(driver: str | None, ok: bool) -> None:
     ("signal:", False), ("signal:NOPE", False), ("reload", False), ("Restart", False),
 ])
 def test_template_on_change(on_change: str, ok: bool) -> None:
-    spec = app({"w": svc(templates=[{"destination": "a", "source": "a",
-                                     "on_change": on_change}])})
+    spec = app({"w": svc(artifact="./w", templates=[{"destination": "a", "source": "a.j2",
+                                                     "on_change": on_change}])})
     assert (check_spec(spec) == []) is ok
 
 
@@ -240,8 +239,35 @@ def test_template_on_change(on_change: str, ok: bool) -> None:
     ("../a", False), ("conf/../../a", False), ("", False),
 ])
 def test_template_destination(destination: str, ok: bool) -> None:
-    spec = app({"w": svc(templates=[{"destination": destination, "source": "a"}])})
+    spec = app({"w": svc(artifact="./w", templates=[{"destination": destination,
+                                                     "source": "t.j2"}])})
     assert (check_spec(spec) == []) is ok
+
+
+@pytest.mark.parametrize(("source", "ok"), [
+    ("a.j2", True), ("conf/a.j2", True), ("./a.j2", True), ("/etc/a.j2", False),
+    ("~/a.j2", False), ("../a.j2", False), ("conf/../../a.j2", False), ("", False),
+    (" ", False),
+])
+def test_template_source_is_inside_the_artifact(source: str, ok: bool) -> None:
+    spec = app({"w": svc(artifact="./w", templates=[{"destination": "out", "source": source}])})
+    assert (check_spec(spec) == []) is ok
+    if not ok:
+        assert paths(spec) == ["services.w.templates[0].source"]
+
+
+def test_templates_need_an_artifact() -> None:
+    spec = app({"w": svc(templates=[{"destination": "out", "source": "a.j2"}])})
+    [(path, message)] = problems(spec)
+    assert path == "services.w.templates[0].source"
+    assert "read from the service's artifact, and this service has none" in message
+
+
+def test_a_template_must_not_overwrite_its_source() -> None:
+    spec = app({"w": svc(artifact=DIGEST, templates=[
+        {"destination": "./conf/a", "source": "conf/a"}])})
+    assert problems(spec) == [("services.w.templates[0].destination", "the destination would "
+                               "overwrite the template's own source 'conf/a'")]
 
 
 @pytest.mark.parametrize(("constraint", "ok"), [
@@ -305,32 +331,6 @@ def test_parse_cron_errors(expr: str, fragment: str) -> None:
     with pytest.raises(ValueError) as info:
         parse_cron(expr)
     assert fragment in str(info.value)
-
-
-def test_parse_repeating_interval() -> None:
-    repeats, start, period = parse_repeating_interval("R/2026-01-01T00:00:00Z/PT1H")
-    assert repeats is None
-    assert start == datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
-    assert period == "PT1H"
-    assert parse_repeating_interval("R5/2026-01-01T06:30:00+02:00/P1D")[0] == 5
-    assert parse_repeating_interval("R0/2026-01-01/P1Y2M")[0] == 0
-
-
-@pytest.mark.parametrize("period", ["PT1H", "P1D", "PT30M", "P1W", "PT0.5S", "P1Y2M3DT4H5M6S",
-                                    "PT1,5S"])
-def test_iso_periods_accepted(period: str) -> None:
-    assert parse_repeating_interval(f"R/2026-01-01T00:00:00Z/{period}")[2] == period
-
-
-@pytest.mark.parametrize("text", [
-    "R/2026-01-01T00:00:00Z", "X/2026-01-01T00:00:00Z/PT1H", "R-1/2026-01-01T00:00:00Z/PT1H",
-    "R/tomorrow/PT1H", "R//PT1H", "R/2026-01-01T00:00:00Z/P", "R/2026-01-01T00:00:00Z/PT",
-    "R/2026-01-01T00:00:00Z/P1H", "R/2026-01-01T00:00:00Z/1H", "R/2026-01-01T00:00:00Z/PT0S",
-    "R/2026-01-01T00:00:00Z/P0D", "R/2026-01-01T00:00:00Z/PT1H/x",
-])
-def test_iso_intervals_refused(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_repeating_interval(text)
 
 
 def test_schedule_errors_point_at_the_job() -> None:

@@ -63,6 +63,8 @@ def test_full_example_loads_with_yaml_12_scalars_and_merge_keys() -> None:
     assert web.resources.memory == 1536 * MiB
     assert web.restart.max_backoff == 90.0
     assert web.update.auto_revert is True
+    assert web.shutdown_delay == 1.5
+    assert spec.services["cache"].shutdown_delay == 0.0
     canary = spec.services["web-canary"]
     assert canary.instances == 1
     assert canary.depends_on == ("web", "cache")
@@ -172,8 +174,9 @@ BAD_FILES: dict[str, list[tuple[int | None, str, str]]] = {
                                             "'2 weeks'"),
         (8, "services.web.restart.max_backoff", "got '5x'"),
         (9, "services.web.stop_timeout", "got inf"),
-        (12, "services.small.resources.cpu", "must be at least 0.001, got 0"),
-        (12, "services.small.resources.memory", "must be at least 4MiB, got '1MiB'"),
+        (10, "services.web.shutdown_delay", "got 'soon'"),
+        (13, "services.small.resources.cpu", "must be at least 0.001, got 0"),
+        (13, "services.small.resources.memory", "must be at least 4MiB, got '1MiB'"),
     ],
     "bad_names.yaml": [
         (1, "name", "must be lowercase letters, digits and '-', starting with a letter (at most "
@@ -228,6 +231,7 @@ BAD_FILES: dict[str, list[tuple[int | None, str, str]]] = {
         (12, "services.web.placement.constraints[2]", "invalid regular expression '(['"),
         (12, "services.web.placement.constraints[3]", "comma-separated"),
         (13, "services.web.isolation.rootfs", "rootfs needs driver: oci"),
+        (15, "services.web.templates[0].source", "got '/etc/a.j2'"),
         (15, "services.web.templates[0].destination", "got '../../etc/passwd'"),
         (16, "services.web.templates[1].on_change", "expected restart, noop or signal:<NAME>"),
         (17, "services.web.templates[2].on_change", "(did you mean 'SIGHUP'?)"),

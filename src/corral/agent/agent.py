@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.agent.artifacts import ArtifactCache
+from corral.agent.catalog import CatalogWatcher
 from corral.agent.drivers.base import Driver, TaskHandle
 from corral.agent.reporter import StatusReporter
 from corral.agent.runner import InstanceDirs, Runner
@@ -82,6 +83,8 @@ class Agent:
         self._registered = asyncio.Event()
         self.artifacts = ArtifactCache(config.data_dir / "artifacts",
                                        fetch=self._fetch_artifact)
+        # One long poll per namespace for every runner with templates (agent/catalog.py).
+        self.catalog = CatalogWatcher(self._fetch_catalog, clock=clock, wait=config.poll_wait)
 
     async def recover_local(self) -> frozenset[str]:
         """Before registering: find the instances an earlier agent process left running
@@ -109,6 +112,12 @@ class Agent:
 
     async def _fetch_artifact(self, digest: str, dest: Path) -> None:
         await self._client.download_artifact(digest, dest)
+
+    async def _fetch_catalog(self, namespace: str, digest: str | None,
+                             wait: float | None) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._client.services(namespace=namespace,
+                                                             digest=digest, wait=wait)
+        return answer
 
     def dirs(self, instance_id: str) -> InstanceDirs:
         return InstanceDirs(self.config.data_dir / "instances" / instance_id)
@@ -254,7 +263,8 @@ class Agent:
         runner = Runner(instance=inst, spec=spec, driver=driver, reporter=reporter,
                         artifacts=self.artifacts, dirs=self.dirs(inst.id), clock=self._clock,
                         node=self.config.name, host_ip=self.config.address,
-                        artifact_max_bytes=self.config.artifact_max_bytes, adopt=adopt)
+                        artifact_max_bytes=self.config.artifact_max_bytes, adopt=adopt,
+                        catalog=self.catalog)
         self.runners[inst.id] = runner
         runner.start()
 
@@ -285,6 +295,7 @@ class Agent:
             if tasks:
                 await asyncio.wait(tasks, timeout=60)
         await asyncio.gather(*(r.detach() for r in self.runners.values()))
+        await self.catalog.close()
 
     async def disconnect_loop(self, interval: float = 1.0) -> None:
         """Partition safety: once the server has not been reached for longer than the

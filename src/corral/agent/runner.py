@@ -20,6 +20,18 @@ its transitions become `healthy`/`unhealthy` reports. On `unhealthy` with
 `stop_timeout`) and its exit takes the ordinary path, as a failure whose reason starts
 with "unhealthy:", so the restart policy, its backoff and its attempts apply to it too.
 
+With `templates`, an `InstanceTemplates` (`agent/templates.py`) renders them from the
+service catalog before the first start (the instance stays `fetching` until it has; an
+error fails it), then re-renders on every catalog change while the runner lives. A change
+of bytes applies the templates' `on_change`: `restart` stops the process (the same inner
+stop as for unhealthy) and starts it again at once, outside the restart policy (no backoff,
+not counted in `restarts`); `signal:X` sends X to the main process; `noop` nothing. An
+adopted instance re-renders as soon as the catalog comes and acts only if bytes changed.
+
+A stop request waits `shutdown_delay` after reporting `stopping` before the stop signal:
+the catalog drops the instance when it is asked to stop, so load balancers that render it
+stop sending to it first. Restarts (crash, unhealthy, template) do not wait.
+
 Neighbours: `agent/agent.py` creates and stops runners; `agent/drivers/` runs processes;
 `agent/artifacts.py` provides the unpacked artifact; `agent/reporter.py` talks to the server.
 """
@@ -38,10 +50,17 @@ from pathlib import Path
 from typing import Any
 
 from corral.agent.artifacts import ArtifactCache
+from corral.agent.catalog import CatalogWatcher
 from corral.agent.drivers.base import Driver, DriverError, ExitResult, TaskConfig, TaskHandle
 from corral.agent.health import HealthChecker, HealthStatus, Transition, make_probe
 from corral.agent.reporter import StatusReporter
 from corral.agent.restart import decide_restart
+from corral.agent.templates import (
+    ChangeActions,
+    InstanceTemplates,
+    TemplateError,
+    TemplateRenderer,
+)
 from corral.clock import Clock
 from corral.model.application import ServiceSpec
 from corral.model.instance import Instance, InstanceState
@@ -78,6 +97,8 @@ class InstanceDirs:
 def build_env(inst: Instance, spec: ServiceSpec, *, node: str, host_ip: str,
               task_dir: Path) -> dict[str, str]:
     env = {"PATH": DEFAULT_PATH, "HOME": str(task_dir), "LANG": "C.UTF-8"}
+    # Dependencies' addresses (`CACHE_ADDR`, ...) below the spec's env: a user can override.
+    env.update(inst.dependency_env)
     env.update(spec.env)
     for i, name in enumerate(inst.port_names):
         port = inst.ports.get(name)
@@ -104,7 +125,8 @@ class Runner:
     def __init__(self, *, instance: Instance, spec: ServiceSpec, driver: Driver,
                  reporter: StatusReporter, artifacts: ArtifactCache, dirs: InstanceDirs,
                  clock: Clock, node: str, host_ip: str, artifact_max_bytes: int,
-                 adopt: TaskHandle | None = None) -> None:
+                 adopt: TaskHandle | None = None,
+                 catalog: CatalogWatcher | None = None) -> None:
         self.instance = instance
         self.spec = spec
         self._driver = driver
@@ -126,8 +148,17 @@ class Runner:
         self.task: asyncio.Task[None] | None = None
         # none: no checks; unknown: not checked yet in this run of the process.
         self._health = "none" if spec.health is None else "unknown"
-        self._unhealthy_stop: asyncio.Task[ExitResult | None] | None = None
-        self._unhealthy_reason = ""
+        # A stop the runner starts itself while the process runs (unhealthy, or a template
+        # asking for a restart); its exit then takes the path `_inner_kind` says.
+        self._inner_stop: asyncio.Task[ExitResult | None] | None = None
+        self._inner_kind = ""
+        self._inner_reason = ""
+        self._waiter: asyncio.Future[ExitResult] | None = None
+        self._catalog = catalog
+        self._templates: InstanceTemplates | None = None
+        self._template_watch: asyncio.Task[None] | None = None
+        self._template_problem = ""
+        self._files_lock = asyncio.Lock()  # templates are not written while a process starts
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"instance-{self.instance.id}")
@@ -177,6 +208,8 @@ class Runner:
         except Exception as exc:  # a bug or an OS error must not kill the agent
             log.exception("instance %s failed unexpectedly", self.instance.id)
             self._report(S.FAILED, f"agent error: {exc}")
+        finally:
+            await self._close_templates()
         self._reporter.finish()
         await self._reporter.flush()
 
@@ -217,6 +250,13 @@ class Runner:
                                        "starting it again")
             if not await self._prepare():
                 return
+        elif self.spec.templates and not self._open_templates():
+            # Adopted: the process runs on its files; a bad template is only reported.
+            log.warning("instance %s: cannot re-render its templates", self.instance.id)
+        if self._templates is not None:
+            self._template_watch = asyncio.create_task(
+                self._templates.watch(self._template_changed, self._template_problem_seen),
+                name=f"templates-{self.instance.id}")
         while True:
             if self._stop.is_set() and adopted is None:
                 self._report(S.STOPPED, self._stop_reason)
@@ -236,7 +276,8 @@ class Runner:
             else:
                 self._report(S.STARTING)
                 try:
-                    self.handle = await self._launch()
+                    async with self._files_lock:
+                        self.handle = await self._launch()
                 except Exception as exc:
                     reason = f"could not start: {exc}"
                 else:
@@ -244,6 +285,7 @@ class Runner:
             if self.handle is not None:
                 waiter: asyncio.Future[ExitResult] = asyncio.ensure_future(
                     self._driver.wait(self.handle))
+                self._waiter = waiter
                 checker = self._start_checker(self.handle)
                 try:
                     stopping = await self._until_stop(waiter)
@@ -251,19 +293,26 @@ class Runner:
                     if checker is not None:
                         await checker.close()
                 if stopping:
-                    await self._end_unhealthy_stop()
+                    await self._end_inner_stop()
                     await self._stop_task()
                     return
                 result = waiter.result()
                 reason = result.reason
-                if await self._end_unhealthy_stop():
-                    reason = f"{self._unhealthy_reason}; {reason}"
+                inner = await self._end_inner_stop()
+                if inner == "unhealthy":
+                    reason = f"{self._inner_reason}; {reason}"
                     # Stopped for being unhealthy: a failure, whatever its exit code.
                     result = dataclasses.replace(result, exit_code=None)
                 await self._release(self.handle)
                 self.handle = None
                 if self._health != "none":
                     self._health = "unknown"
+                if inner == "template":
+                    # Asked for by a changed template, not a failure: no restart policy,
+                    # no backoff, not counted in `restarts`.
+                    self._report(S.EXITED, f"{self._inner_reason}; {reason}",
+                                 exit_code=result.exit_code)
+                    continue
             succeeded = result is not None and result.exit_code == 0
             exit_code = result.exit_code if result is not None else None
             self._report(S.EXITED, reason, exit_code=exit_code)
@@ -299,7 +348,7 @@ class Runner:
         return checker
 
     def _health_changed(self, handle: TaskHandle, change: Transition) -> None:
-        if self.handle is not handle or self._unhealthy_stop is not None:
+        if self.handle is not handle or self._inner_stop is not None:
             return  # the process has ended or is being stopped: too late to matter
         assert self.spec.health is not None
         self._health = str(change.status)
@@ -311,23 +360,137 @@ class Runner:
         self._report(S.UNHEALTHY, change.reason + ("; restarting" if restart else ""),
                      pid=handle.pid)
         if restart:
-            self._unhealthy_reason = f"unhealthy: {change.reason}"
-            # The process's exit then wakes the lifecycle through `driver.wait`.
-            self._unhealthy_stop = asyncio.create_task(self._driver.stop(
-                handle, signal=_signal_number(self.spec.stop_signal),
-                timeout=self.spec.stop_timeout))
+            self._start_inner_stop(handle, "unhealthy", f"unhealthy: {change.reason}")
 
-    async def _end_unhealthy_stop(self) -> bool:
-        """Wait for a stop the health checker started, if any; True if there was one."""
-        stop, self._unhealthy_stop = self._unhealthy_stop, None
+    def _start_inner_stop(self, handle: TaskHandle, kind: str, reason: str) -> None:
+        self._inner_kind, self._inner_reason = kind, reason
+        # The process's exit then wakes the lifecycle through `driver.wait`.
+        self._inner_stop = asyncio.create_task(self._driver.stop(
+            handle, signal=_signal_number(self.spec.stop_signal),
+            timeout=self.spec.stop_timeout))
+
+    async def _end_inner_stop(self) -> str | None:
+        """Wait for a stop the runner started itself, if any; its kind, or None."""
+        stop, self._inner_stop = self._inner_stop, None
         if stop is None:
-            return False
+            return None
         try:
             await stop
         except Exception as exc:  # the exit is known anyway; destroy kills what is left
-            log.warning("instance %s: stopping the unhealthy process: %s",
-                        self.instance.id, exc)
+            log.warning("instance %s: stopping the process (%s): %s",
+                        self.instance.id, self._inner_reason, exc)
+        return self._inner_kind
+
+    # --- templates ------------------------------------------------------------------------
+
+    def _open_templates(self) -> bool:
+        if self._templates is not None:
+            return True
+        if self._catalog is None:
+            return False
+        inst = self.instance
+        renderer = TemplateRenderer(
+            templates=self.spec.templates, task_dir=self.dirs.task,
+            instance={"id": inst.id, "app": inst.app, "service": inst.service,
+                      "namespace": inst.namespace, "node": self._node,
+                      "address": inst.address or self._host_ip, "ports": dict(inst.ports),
+                      "version": inst.version},
+            env=build_env(inst, self.spec, node=self._node, host_ip=self._host_ip,
+                          task_dir=self.dirs.task))
+        self._templates = InstanceTemplates(renderer=renderer, catalog=self._catalog,
+                                            namespace=inst.namespace, clock=self._clock,
+                                            name=inst.id, lock=self._files_lock)
         return True
+
+    async def _close_templates(self) -> None:
+        watch, self._template_watch = self._template_watch, None
+        if watch is not None:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+        if self._templates is not None:
+            self._templates.close()
+            self._templates = None
+
+    async def _render_templates(self) -> bool:
+        """Before the first start: every template rendered. False if the instance must
+        not start (reported)."""
+        if not self.spec.templates:
+            return True
+        if not self._open_templates():
+            self._report(S.FAILED, "templates need the service catalog, which this agent "
+                                   "was not given")
+            return False
+        assert self._templates is not None
+        count = len(self.spec.templates)
+        self._report(S.FETCHING, f"rendering {count} template{'s' if count > 1 else ''}")
+        shown = [""]
+
+        def waiting(why: str) -> None:
+            if why != shown[0]:
+                shown[0] = why
+                self._report(S.FETCHING, why)
+
+        render = asyncio.ensure_future(self._templates.first_render(waiting))
+        if await self._until_stop(render):
+            self._report(S.STOPPED, self._stop_reason)
+            return False
+        exc = render.exception()
+        if exc is not None:
+            self._report(S.FAILED, str(exc) if isinstance(exc, TemplateError)
+                         else f"rendering templates: {exc}")
+            return False
+        return True
+
+    def _running_handle(self) -> TaskHandle | None:
+        """The handle of a process that runs and that nothing is stopping yet."""
+        waiter = self._waiter
+        if self.handle is None or waiter is None or waiter.done() or \
+                self._inner_stop is not None or self._stop.is_set():
+            return None
+        return self.handle
+
+    async def _template_changed(self, actions: ChangeActions) -> None:
+        what = ", ".join(actions.changed)
+        handle = self._running_handle()
+        if handle is None:
+            log.info("instance %s: template %s changed; no process to tell",
+                     self.instance.id, what, extra={"instance": self.instance.id})
+            return
+        if actions.restart is not None:
+            reason = f"template {actions.restart} changed"
+            self._report(self.state, f"{reason}: restarting", pid=handle.pid)
+            self._start_inner_stop(handle, "template", reason)
+            return
+        sent = []
+        for name in actions.signals:
+            try:
+                await self._driver.signal(handle, _signal_number(name))
+                sent.append(name)
+            except Exception as exc:
+                log.warning("instance %s: cannot send %s after template %s changed: %s",
+                            self.instance.id, name, what, exc,
+                            extra={"instance": self.instance.id})
+        if sent and self.handle is handle:
+            self._report(self.state, f"template {what} changed: sent {', '.join(sent)}",
+                         pid=handle.pid)
+        elif not sent:
+            log.info("instance %s: template %s changed", self.instance.id, what,
+                     extra={"instance": self.instance.id})
+
+    def _template_problem_seen(self, problem: str) -> None:
+        """A re-render's errors ("" once it renders cleanly again): the old files stay, the
+        process runs on, and the instance's reason says what is wrong."""
+        if problem == self._template_problem:
+            return
+        self._template_problem = problem
+        if problem:
+            log.warning("instance %s: %s; keeping the previous file", self.instance.id,
+                        problem, extra={"instance": self.instance.id,
+                                        "template_error": problem})
+        handle = self._running_handle()
+        if handle is not None and self.state in (S.RUNNING, S.HEALTHY, S.UNHEALTHY):
+            self._report(self.state, f"{problem} (keeping the previous file)" if problem
+                         else "templates render again", pid=handle.pid)
 
     async def _prepare(self) -> bool:
         """Task and log dirs, rootfs, artifact. False if the instance must not start."""
@@ -345,8 +508,12 @@ class Runner:
                 self._report(S.FAILED, f"cannot prepare the rootfs: {exc}")
                 return False
         digest = self.spec.artifact
-        if digest is None or (self.dirs.root / ".unpacked").exists():
-            return True
+        if digest is not None and not (self.dirs.root / ".unpacked").exists() and \
+                not await self._unpack_artifact(digest):
+            return False
+        return await self._render_templates()
+
+    async def _unpack_artifact(self, digest: str) -> bool:
         self._report(S.FETCHING, f"fetching artifact {digest[:19]}")
         try:
             fetch = asyncio.ensure_future(self._artifacts.ensure(digest))
@@ -363,8 +530,12 @@ class Runner:
         return True
 
     async def _stop_task(self) -> None:
-        self._report(S.STOPPING, self._stop_reason)
+        delay = self.spec.shutdown_delay
+        self._report(S.STOPPING, self._stop_reason if delay <= 0 else
+                     f"{self._stop_reason}; stop signal in {delay:g}s (shutdown_delay)")
         assert self.handle is not None
+        if delay > 0:
+            await self._clock.sleep(delay)
         result = await self._driver.stop(self.handle, signal=_signal_number(self.spec.stop_signal),
                                          timeout=self.spec.stop_timeout)
         await self._release(self.handle)

@@ -1,6 +1,7 @@
 """`corral apply -f app.yaml [--plan] [--detach] [--timeout 5m] [--json]`
 
-Validates the file locally (every error at once, with lines), packs and uploads each
+Validates the file locally (every error at once, with lines; each template's `source`
+must be a file of its service's artifact directory), packs and uploads each
 `artifact:` directory and `isolation.rootfs` directory or tarball (content-addressed, so an
 unchanged one is not sent again), shows what changes, applies, then follows each
 deployment the apply started (and the instances of the other services) with progress
@@ -101,6 +102,31 @@ async def _upload_artifacts(client: Client, spec: ApplicationSpec, base: Path,
     return dataclasses.replace(spec, services=services, jobs=jobs)
 
 
+def template_source_problems(spec: ApplicationSpec, base: Path) -> list[str]:
+    """`templates[i].source` files missing from their service's local artifact directory
+    (`path: message` each). A digest artifact cannot be looked into: its agent says."""
+    problems = []
+    for name, service in spec.services.items():
+        artifact = service.artifact
+        if not service.templates or artifact is None or artifact.startswith("sha256:"):
+            continue
+        root = (base / artifact).resolve()
+        if not root.is_dir():
+            continue  # the upload says so
+        for i, template in enumerate(service.templates):
+            path = (root / template.source).resolve()
+            if not path.is_relative_to(root):
+                problem = f"{template.source!r} leads outside the artifact directory " \
+                          f"{artifact} (to {path})"
+            elif not path.is_file():
+                problem = f"{template.source!r} is not a file in the artifact directory " \
+                          f"{artifact} (looked at {path})"
+            else:
+                continue
+            problems.append(f"services.{name}.templates[{i}].source: {problem}")
+    return problems
+
+
 def _print_diff(result: dict[str, Any]) -> None:
     verb = "created" if result["created"] else ("updated" if result["changed"] else "unchanged")
     console.print(f"application [bold]{result['name']}[/bold] ({result['namespace']}) "
@@ -128,6 +154,10 @@ def apply(
         die(f"invalid application spec\n{exc}", EXIT_USAGE)
     except OSError as exc:
         die(f"cannot read {file}: {exc.strerror}", EXIT_USAGE)
+    problems = template_source_problems(spec, file.resolve().parent)
+    if problems:
+        die("invalid application spec\n" + "\n".join(f"{file}: {p}" for p in problems),
+            EXIT_USAGE)
     wait_s = wait_seconds(timeout)
 
     async def run(client: Client) -> tuple[dict[str, Any], Outcome | None]:

@@ -6,7 +6,9 @@ done when it is `successful` (or its canaries are ready and wait for a promotion
 when it is `failed` or `cancelled`, saying why (and which auto-revert started). Any other
 service is done once its desired count of current instances is ready and nothing old is
 left. An instance that cannot be placed fails the wait, and so does one that fails after
-the change started, unless a deployment with old instances to fall back on judges it.
+the change started, unless a deployment with old instances to fall back on judges it. A
+service that waits for its dependencies before it starts just waits (its deployment stays
+`running`, with the wait as its reason).
 """
 
 from __future__ import annotations
@@ -124,7 +126,8 @@ async def follow(client: Client, name: str, namespace: str,
                     states = sorted({i["state"] for i in app["instances"]
                                      if i["service"] == svc and i["desired"] == "run"
                                      and i["state"] not in RUNNING})
-                    state = "ready" if _settled(app, row) else ", ".join(states)
+                    state = "ready" if _settled(app, row) else \
+                        row.get("reason") or ", ".join(states)
                 if svc not in tasks:
                     tasks[svc] = progress.add_task(svc, total=total, state="")
                 progress.update(tasks[svc], completed=done, total=total, state=state)

@@ -21,6 +21,7 @@ from corral.cli import (
     rollback,
     scale,
     server,
+    services,
     status,
     token,
     up,
@@ -38,6 +39,7 @@ app.command()(server.server)
 app.command()(agent.agent)
 app.command()(apply.apply)
 app.command()(status.status)
+app.command()(services.services)
 app.command()(ps.ps)
 app.command()(logs.logs)
 app.command()(events.events)

@@ -1,5 +1,6 @@
 """`corral status [APP] [-n NAMESPACE] [--json]`: per service desired / running / healthy,
-and the state of its latest deployment (`--json`: the whole deployment record)."""
+and the state of its latest deployment (`--json`: the whole deployment record), or what
+the service waits for before it starts (`waiting_for`, `reason`)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ __all__ = ["status"]
 
 def _deployment(row: dict[str, Any]) -> str:
     dep = row.get("deployment")
+    waiting = str(row.get("reason") or "")  # "waiting for dependencies: cache (0/1 healthy)"
     if not dep:
-        return ""
+        return waiting
+    if waiting:
+        return f"{dep['status']} v{dep['version']}: {waiting}"
     text = f"{dep['status']} v{dep['version']}"
     if dep["cause"] not in ("apply", "reconcile"):
         text += f" ({dep['cause']})"

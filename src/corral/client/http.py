@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from corral.client.config import ClientConfig
+from corral.model.units import parse_duration
 
 __all__ = ["ApiError", "Client", "Unreachable", "UntrustedServer", "tls_context"]
 
@@ -237,6 +238,23 @@ class Client:
     async def list_nodes(self) -> Any:
         return await self.request("GET", "/v1/nodes")
 
+    # the service catalog
+    async def services(self, namespace: str | None = None, app: str | None = None,
+                       digest: str | None = None, wait: float | str | None = None) -> Any:
+        """`{"digest", "services": [...]}`. With `digest` and `wait` (seconds or a duration
+        such as `30s`, at most 5m): answers once the catalog's digest differs from
+        `digest`, or after `wait` with the same one."""
+        return await self.request("GET", "/v1/services", params=_drop(
+            namespace=namespace, app=app, digest=digest, wait=_wait(wait)),
+            timeout=_wait_timeout(wait))
+
+    async def service(self, namespace: str, app: str, service: str,
+                      digest: str | None = None, wait: float | str | None = None) -> Any:
+        """One catalog entry plus its `digest`; the same watch as `services`."""
+        return await self.request("GET", f"/v1/services/{namespace}/{app}/{service}",
+                                  params=_drop(digest=digest, wait=_wait(wait)),
+                                  timeout=_wait_timeout(wait))
+
     # events
     async def events(self, *, since: int = 0, topic: str | None = None,
                      key: str | None = None, limit: int = 0) -> Any:
@@ -320,6 +338,24 @@ class Client:
         except (Unreachable, ApiError):
             return False
         return True
+
+
+def _wait(wait: float | str | None) -> str | None:
+    return None if wait is None else wait if isinstance(wait, str) else f"{wait:g}"
+
+
+def _wait_timeout(wait: float | str | None) -> float | None:
+    """A read timeout beyond a blocking query's `wait` (None: the client's default)."""
+    if wait is None:
+        return None
+    try:
+        seconds = float(wait)
+    except ValueError:
+        try:
+            seconds = parse_duration(wait)
+        except ValueError:
+            return None  # the server says what is wrong with it
+    return seconds + 15 if 0 <= seconds < 1e6 else None
 
 
 def _drop(**params: Any) -> dict[str, Any]:

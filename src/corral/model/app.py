@@ -33,6 +33,10 @@ class Application:
     # service -> restart generation, bumped by `corral restart`; not part of the spec, so a
     # restart makes no new version. Absent: 0.
     generations: dict[str, int] = field(default_factory=dict)
+    # service -> the dependencies it waits for before its first instance is created
+    # (`server/dependencies.py`): kept so the application controller says so once, with an
+    # `app` event, rather than on every pass.
+    waiting: dict[str, tuple[str, ...]] = field(default_factory=dict)
     created_at: float
     updated_at: float
 

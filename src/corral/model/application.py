@@ -152,6 +152,10 @@ class ServiceSpec:
     templates: tuple[TemplateSpec, ...] = ()
     stop_signal: str = "SIGTERM"
     stop_timeout: Duration = 5.0
+    # How long the agent waits, once an instance is asked to stop (a rollout, a scale-down,
+    # a delete), before it sends the stop signal: the catalog drops the instance at once, so
+    # load balancers rendering it stop sending to it first (Nomad's shutdown_delay).
+    shutdown_delay: Duration = 0.0
     # When the agent has not reached the server for longer than its heartbeat TTL: stop the
     # instance (the server, which marks the node down at the same TTL, has replaced it
     # elsewhere: never two copies for longer than the TTL) or keep it running until the

@@ -125,6 +125,10 @@ class Instance:
     # When the server saw it turn `healthy` (None while it is not): a new instance of a
     # service with a health check is ready once it has been healthy `min_healthy_time`.
     healthy_at: float | None = None
+    # Addresses of the service's dependencies (`depends_on`) in service when the instance
+    # was created (`server/dependencies.py`): `CACHE_ADDR` and the like, which the agent
+    # puts in its env below the spec's `env`. Fixed for the instance's life.
+    dependency_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def live(self) -> bool:

@@ -25,6 +25,7 @@ from corral.server.api import (
     instances,
     join,
     nodes,
+    services,
     system,
     tokens,
     versions,
@@ -74,7 +75,7 @@ def create_app(ctx: ServerContext, *, controllers: Sequence[Controller] = CONTRO
     app.include_router(join.public)
     auth = [Depends(authenticate)]
     for module in (system, apps, versions, deployments, instances, nodes, events, artifacts,
-                   tokens, join):
+                   tokens, join, services):
         app.include_router(module.router, dependencies=auth)
 
     @app.get("/openapi.json", dependencies=auth, include_in_schema=False)

@@ -21,6 +21,10 @@ D = `instances`, P = `update.max_parallel`, S = `update.max_surge`:
   ready canaries wait.
 Instances that are needed regardless (a lost one, a scale-up) are created at once.
 
+A service that has not started and waits for its dependencies (`waiting`, decided by
+`server/dependencies.py`) gets no instance; its deployment shows the wait as its reason,
+and its progress deadline starts again when the wait ends.
+
 Neighbours: `model/deployment.py` (the record and its states), `server/api/apps.py` (shows
 readiness with `is_ready`).
 """
@@ -36,11 +40,13 @@ from corral.model.application import ServiceSpec, service_hash
 from corral.model.deployment import Deployment, DeploymentId, DeploymentStatus
 from corral.model.instance import TERMINAL_STATES, DesiredState, Instance, InstanceId, InstanceState
 
-__all__ = ["Step", "Target", "is_ready", "new_deployment", "plan_service", "ready_at",
-           "runs_target", "target_of", "targets"]
+__all__ = ["WAITING_PREFIX", "Step", "Target", "is_ready", "new_deployment", "plan_service",
+           "ready_at", "runs_target", "target_of", "targets"]
 
 _UP = (InstanceState.RUNNING, InstanceState.HEALTHY)
 _BAD = (InstanceState.UNHEALTHY, InstanceState.FAILED, InstanceState.EXITED)
+# How the reason of a service that waits for its dependencies begins.
+WAITING_PREFIX = "waiting for dependencies: "
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,28 +139,35 @@ def _since(inst: Instance, dep: Deployment) -> float:
     return max(inst.created_at, dep.created_at)
 
 
-def _assess(dep: Deployment, target: Target, split: _Split, now: float
+def _assess(dep: Deployment, target: Target, split: _Split, now: float, waiting: str
             ) -> tuple[Deployment, list[tuple[str, str, str]], float | None]:
     """The running deployment's record brought up to date: counts, readiness, and whether it
-    succeeded or failed. Returns it with its events and the next time-driven change."""
+    succeeded or failed. Returns it with its events and the next time-driven change.
+    `waiting`: why the service may not start yet (its progress deadline does not run)."""
     update = target.spec.update
     desired = target.spec.instances
     ready_ids = set(dep.ready) | {i.id for i in split.new if is_ready(i, target.spec, now)}
     ready_new = [i for i in split.new if i.id in ready_ids]
     pending = [i for i in split.new if i.id not in ready_ids]
     progressed = len(ready_ids) > len(dep.ready)
-    waiting = dep.unpromoted and bool(split.old)
-    goal = dep.canaries if waiting else desired
+    # The wait for dependencies just ended: the progress deadline starts now. (Not stored
+    # as `now` during the wait, which would rewrite the record on every pass.)
+    waited = not waiting and dep.reason.startswith(WAITING_PREFIX)
+    unpromoted = dep.unpromoted and bool(split.old)
+    goal = dep.canaries if unpromoted else desired
     new = dataclasses.replace(
         dep, desired=desired, placed=sum(1 for i in split.new if i.node is not None),
         healthy=len(ready_new), unhealthy=sum(1 for i in split.new if i.state in _BAD),
-        ready=tuple(sorted(ready_ids)), progress_at=now if progressed else dep.progress_at)
+        ready=tuple(sorted(ready_ids)),
+        progress_at=now if progressed or waited else dep.progress_at)
     events: list[tuple[str, str, str]] = []
     late = sorted((i for i in pending if now - _since(i, dep) >= update.healthy_deadline),
                   key=lambda i: (i.created_at, i.id))
-    canaries_ready = waiting and len(ready_new) >= goal
+    canaries_ready = unpromoted and len(ready_new) >= goal
     label = _label(dep)
-    if late:
+    if waiting:
+        new = dataclasses.replace(new, reason=waiting)
+    elif late:
         i = late[0]
         why = f"{i.state}: {i.reason}" if i.reason else str(i.state)
         reason = (f"instance {i.id} not healthy within healthy_deadline "
@@ -164,7 +177,7 @@ def _assess(dep: Deployment, target: Target, split: _Split, now: float
         reason = (f"no progress within progress_deadline {update.progress_deadline:g}s: "
                   f"{len(ready_new)}/{goal} new instances ready")
         new = dataclasses.replace(new, status=DeploymentStatus.FAILED, reason=reason)
-    elif not waiting and len(ready_new) >= desired and not split.old:
+    elif not unpromoted and len(ready_new) >= desired and not split.old:
         new = dataclasses.replace(new, status=DeploymentStatus.SUCCESSFUL,
                                   reason=f"{len(ready_new)}/{desired} instances ready")
     elif canaries_ready:
@@ -180,7 +193,7 @@ def _assess(dep: Deployment, target: Target, split: _Split, now: float
     elif progressed:
         events.append((dep.id, "progress", f"{label}: {new.reason}"))
     wake: list[float] = []
-    if not new.final:
+    if not new.final and not waiting:
         for i in pending:
             at = ready_at(i, target.spec)
             if at is not None and at > now:
@@ -262,9 +275,11 @@ def _cancel(dep: Deployment, reason: str, now: float
 
 def plan_service(*, namespace: str, app: str, service: str, target: Target | None,
                  latest: Deployment | None, instances: Sequence[Instance], now: float,
-                 new_id: Callable[[], str]) -> Step:
+                 new_id: Callable[[], str], waiting: str = "") -> Step:
     """The next step for one service. `latest`: its newest deployment, if any; `new_id`
-    names a deployment this step has to start (old instances but no deployment on record)."""
+    names a deployment this step has to start (old instances but no deployment on record);
+    `waiting`: why the service, which has no live instance, may not start yet (a reason
+    starting with `WAITING_PREFIX`): nothing is created."""
     records: list[Deployment] = []
     events: list[tuple[str, str, str]] = []
     if target is None:
@@ -296,7 +311,7 @@ def plan_service(*, namespace: str, app: str, service: str, target: Target | Non
         events.append((dep.id, "created", f"{_label(dep)} started: {dep.reason}"))
     wake: float | None = None
     if dep is not None and not dep.final:
-        assessed, evs, wake = _assess(dep, target, split, now)
+        assessed, evs, wake = _assess(dep, target, split, now, waiting)
         events += evs
         if dataclasses.replace(assessed, updated_at=dep.updated_at) != dep:
             assessed = dataclasses.replace(assessed, updated_at=now)
@@ -321,5 +336,7 @@ def plan_service(*, namespace: str, app: str, service: str, target: Target | Non
     up = sum(1 for i in split.new + split.old if i.state in _UP and i.id not in stopping)
     if up >= desired:
         stops += [(i.id, f"migrated off draining node {i.node}") for i in split.migrating]
+    if waiting:
+        create = 0
     return Step(create=create, stops=tuple(stops), deployments=tuple(records),
                 events=tuple(events), wake_at=wake)

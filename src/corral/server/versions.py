@@ -125,7 +125,8 @@ def stage_version(txn: Txn, *, current: Versioned[Application] | None, spec: App
     app = Application(name=spec.name, namespace=spec.namespace,
                       version=old.version + 1 if old else 1, spec=spec,
                       created_at=old.created_at if old else now, updated_at=now,
-                      generations=dict(old.generations) if old else {})
+                      generations=dict(old.generations) if old else {},
+                      waiting=dict(old.waiting) if old else {})
     changes = tuple(diff_specs(old.spec if old else None, spec))
     summary = ", ".join(f"{c.name} {c.change}" for c in changes if c.change != "unchanged")
     why = f" ({cause}{': ' + reason if reason else ''})" if cause != "apply" else ""

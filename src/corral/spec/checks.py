@@ -8,19 +8,20 @@ cron and ISO 8601 schedules). Every problem is reported, each with the path of t
 fix.
 
 Neighbours: `spec/loader.py` runs `check_spec` after validation and `normalise_spec` once the
-spec is clean; `spec/errors.py` defines `FieldError`. The scheduler may reuse `parse_cron`.
+spec is clean; `spec/errors.py` defines `FieldError`. Schedules are parsed by
+`jobs/schedule.py` and dependency cycles found by `jobs/dag.py`, the code that runs them.
 Constraints are parsed by `model/constraints.py`, the parser the scheduler applies too.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import re
 import zoneinfo
-from collections.abc import Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
 
+from corral.jobs.dag import find_cycles
+from corral.jobs.schedule import CronFields, parse_cron, parse_schedule
 from corral.model.application import (
     ApplicationSpec,
     HealthSpec,
@@ -33,8 +34,8 @@ from corral.model.application import (
 from corral.model.constraints import parse_attribute, parse_constraint
 from corral.spec.errors import FieldError, LineLookup, Loc, close_match, format_path
 
-__all__ = ["CronFields", "check_spec", "normalise_signal", "normalise_spec", "parse_cron",
-           "parse_repeating_interval"]
+# CronFields and parse_cron live in jobs/schedule.py, re-exported for `corral.spec` users.
+__all__ = ["CronFields", "check_spec", "normalise_signal", "normalise_spec", "parse_cron"]
 
 
 class _Report:
@@ -128,7 +129,7 @@ def _check_service(report: _Report, base: Loc, service: ServiceSpec) -> None:
             parse_attribute(service.placement.spread)
         except ValueError as exc:
             report.add((*base, "placement", "spread"), str(exc))
-    _check_templates(report, (*base, "templates"), service.templates)
+    _check_templates(report, (*base, "templates"), service.templates, service.artifact)
 
 
 def _check_job(report: _Report, base: Loc, job: JobSpec) -> None:
@@ -296,9 +297,22 @@ def _check_isolation(report: _Report, loc: Loc, isolation: IsolationSpec) -> Non
                    "process driver shares the host's network)")
 
 
-def _check_templates(report: _Report, loc: Loc, templates: Sequence[TemplateSpec]) -> None:
+def _check_templates(report: _Report, loc: Loc, templates: Sequence[TemplateSpec],
+                     artifact: str | None) -> None:
     seen: dict[str, int] = {}
     for i, template in enumerate(templates):
+        # The source is read from the artifact (the agent checks again, symlinks included).
+        source = template.source
+        if not source.strip() or source.startswith(("/", "~")) or ".." in source.split("/"):
+            report.add((*loc, i, "source"), "expected a path inside the artifact (relative, "
+                       f"without '..'), got {source!r}")
+        elif artifact is None:
+            report.add((*loc, i, "source"), "a template's source is read from the service's "
+                       "artifact, and this service has none: add an artifact directory "
+                       "holding it")
+        elif _same_path(source, template.destination):
+            report.add((*loc, i, "destination"), "the destination would overwrite the "
+                       f"template's own source {source!r}")
         on_change = template.on_change
         if on_change.startswith("signal:"):
             if not normalise_signal(on_change[7:]):
@@ -317,6 +331,11 @@ def _check_templates(report: _Report, loc: Loc, templates: Sequence[TemplateSpec
             report.add((*loc, i, "destination"), f"{dest!r} is already written by "
                        f"templates[{seen[dest]}]")
         seen.setdefault(dest, i)
+
+
+def _same_path(a: str, b: str) -> bool:
+    return [p for p in a.split("/") if p not in ("", ".")] == \
+        [p for p in b.split("/") if p not in ("", ".")]
 
 
 # --- placement constraints ------------------------------------------------------------------
@@ -349,157 +368,19 @@ def _check_graph(report: _Report, section: str, field: str,
                 tail = f" (did you mean {best!r}?)" if best else ""
                 report.add(loc, why + tail, best)
     graph = {name: [d for d in deps if d in edges and d != name] for name, deps in edges.items()}
-    for cycle in _cycles(graph):
+    for cycle in find_cycles(graph):
         start, nxt = cycle[0], cycle[1]
         report.add((section, start, field, list(edges[start]).index(nxt)),
                    "dependency cycle: " + " -> ".join(cycle))
 
 
-def _cycles(graph: Mapping[str, Sequence[str]]) -> list[list[str]]:
-    """At least one cycle through every node that lies on one, each written from its
-    alphabetically first member and closed (`a -> b -> a`), in a deterministic order.
-
-    A depth-first search reports the cycle closed by each back edge; enumerating every
-    elementary cycle would flood the user with variations of the same mistake.
-    """
-    found: dict[tuple[str, ...], list[str]] = {}
-    state: dict[str, int] = {}  # 1: on the current path, 2: finished
-    for root in sorted(graph):
-        if root in state:
-            continue
-        path = [root]
-        state[root] = 1
-        stack: list[Iterator[str]] = [iter(graph[root])]
-        while stack:
-            nxt = next(stack[-1], None)
-            if nxt is None:
-                state[path.pop()] = 2
-                stack.pop()
-            elif state.get(nxt) == 1:
-                cycle = path[path.index(nxt):]
-                turn = cycle.index(min(cycle))
-                cycle = cycle[turn:] + cycle[:turn]
-                found.setdefault(tuple(cycle), [*cycle, cycle[0]])
-            elif nxt not in state:
-                state[nxt] = 1
-                path.append(nxt)
-                stack.append(iter(graph[nxt]))
-    return [found[key] for key in sorted(found)]
-
-
 # --- schedules ------------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CronFields:
-    """A 5-field cron expression as the set of values each field allows. Classic cron runs
-    when minute, hour and month match and *either* day field matches if both are restricted;
-    `days_any` / `weekdays_any` record which were `*`. Sunday is 0."""
-
-    minutes: frozenset[int]
-    hours: frozenset[int]
-    days: frozenset[int]
-    months: frozenset[int]
-    weekdays: frozenset[int]
-    days_any: bool
-    weekdays_any: bool
-
-
-_MONTHS = {m: i for i, m in enumerate(
-    ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"], start=1)}
-_DAYS = {d: i for i, d in enumerate(["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"])}
-_CRON_FIELDS: tuple[tuple[str, int, int, Mapping[str, int]], ...] = (
-    ("minute", 0, 59, {}), ("hour", 0, 23, {}), ("day of month", 1, 31, {}),
-    ("month", 1, 12, _MONTHS), ("day of week", 0, 7, _DAYS),
-)
-_MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
-           "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
-           "@hourly": "0 * * * *"}
-
-
-def _cron_value(text: str, field: str, lo: int, hi: int, names: Mapping[str, int]) -> int:
-    if text.upper() in names:
-        return names[text.upper()]
-    if not text.isdigit():
-        raise ValueError(f"{field}: {text!r} is not a number" +
-                         (" or a name such as " + next(iter(names)) if names else ""))
-    value = int(text)
-    if not lo <= value <= hi:
-        raise ValueError(f"{field}: {value} is out of range {lo}-{hi}")
-    return value
-
-
-def _cron_field(text: str, field: str, lo: int, hi: int,
-                names: Mapping[str, int]) -> frozenset[int]:
-    values: set[int] = set()
-    for item in text.split(","):
-        base, _, step_text = item.partition("/")
-        step = 1
-        if step_text:
-            if not step_text.isdigit() or int(step_text) == 0:
-                raise ValueError(f"{field}: step {step_text!r} must be a whole number above 0")
-            step = int(step_text)
-        if base == "*":
-            first, last = lo, hi
-        elif "-" in base:
-            a, _, b = base.partition("-")
-            first = _cron_value(a, field, lo, hi, names)
-            last = _cron_value(b, field, lo, hi, names)
-            if first > last:
-                raise ValueError(f"{field}: range {base!r} goes backwards")
-        else:
-            first = _cron_value(base, field, lo, hi, names)
-            # `5/15` means "from 5, every 15" (Vixie cron and most of its successors).
-            last = hi if step_text else first
-        values.update(range(first, last + 1, step))
-    return frozenset(values)
-
-
-def parse_cron(expr: str) -> CronFields:
-    """A 5-field cron expression (`*/15 * * * *`, `0 9 * * MON-FRI`) or a macro such as
-    `@daily`; raises ValueError saying which field is wrong."""
-    text = _MACROS.get(expr.strip().lower(), expr)
-    parts = text.split()
-    if len(parts) != 5:
-        raise ValueError(f"expected 5 fields (minute hour day-of-month month day-of-week), "
-                         f"found {len(parts)}")
-    sets = [_cron_field(part, *spec) for part, spec in zip(parts, _CRON_FIELDS, strict=True)]
-    weekdays = frozenset(d % 7 for d in sets[4])  # 7 is Sunday too
-    return CronFields(minutes=sets[0], hours=sets[1], days=sets[2], months=sets[3],
-                      weekdays=weekdays, days_any=parts[2] == "*", weekdays_any=parts[4] == "*")
-
-
-_ISO_DURATION = re.compile(
-    r"^P(?!$)(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?"
-    r"(?:T(?=\d)(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:[.,]\d+)?)S)?)?$")
-
-
-def parse_repeating_interval(text: str) -> tuple[int | None, datetime.datetime, str]:
-    """`R[n]/<start>/<duration>` (ISO 8601, as Chronos uses it) -> (repeats or None for
-    unbounded, start, duration text); raises ValueError saying which part is wrong."""
-    parts = text.strip().split("/")
-    if len(parts) != 3 or not re.fullmatch(r"R\d*", parts[0]):
-        raise ValueError("expected R[n]/<start>/<period> such as R/2026-01-01T00:00:00Z/PT1H")
-    repeats = int(parts[0][1:]) if len(parts[0]) > 1 else None
-    try:
-        start = datetime.datetime.fromisoformat(parts[1])
-    except ValueError:
-        raise ValueError(f"start {parts[1]!r} is not an ISO 8601 date and time such as "
-                         "2026-01-01T00:00:00Z") from None
-    m = _ISO_DURATION.match(parts[2])
-    if m is None:
-        raise ValueError(f"period {parts[2]!r} is not an ISO 8601 duration such as PT1H, "
-                         "P1D or PT30M")
-    if not any(float(g.replace(",", ".")) for g in m.groups() if g):
-        raise ValueError(f"period {parts[2]!r} is zero")
-    return repeats, start, parts[2]
-
-
 def _schedule_problem(schedule: str) -> str | None:
+    # The parser the cron controller runs (jobs/schedule.py): what passes here is what runs.
+    # Syntax only: the time zone is checked on its own field.
     try:
-        if schedule.strip().startswith("R"):
-            parse_repeating_interval(schedule)
-        else:
-            parse_cron(schedule)
+        parse_schedule(schedule)
     except ValueError as exc:
         return f"invalid schedule {schedule!r}: {exc}"
     return None

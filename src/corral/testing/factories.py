@@ -15,9 +15,10 @@ from typing import Any
 
 from corral.model.application import Resources
 from corral.model.instance import Instance, InstanceId, InstanceState
+from corral.model.job import FINAL_RUN_STATES, JobRun, JobRunId, JobRunState, RunCause
 from corral.model.node import DEFAULT_PORT_RANGE, Node, NodeResources, NodeState
 
-__all__ = ["GiB", "MiB", "make_instance", "make_node"]
+__all__ = ["GiB", "MiB", "make_instance", "make_job_run", "make_node"]
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -104,5 +105,37 @@ def make_instance(
         state=state,
         created_at=fields.pop("created_at", now),
         updated_at=fields.pop("updated_at", now),
+        **fields,
+    )
+
+
+def make_job_run(
+    job: str = "report",
+    number: int = 1,
+    *,
+    state: JobRunState = JobRunState.SUCCEEDED,
+    scheduled_at: float = 0.0,
+    finished_at: float | None = None,  # None: scheduled_at for a final state, else unset
+    app: str = "app",
+    namespace: str = "default",
+    cause: RunCause = RunCause.SCHEDULE,
+    **fields: Any,
+) -> JobRun:
+    """A run of `job`; its id is `<job>-<number>` unless given."""
+    if finished_at is None and state in FINAL_RUN_STATES:
+        finished_at = scheduled_at
+    return JobRun(
+        id=JobRunId(fields.pop("id", f"{job}-{number}")),
+        namespace=namespace,
+        app=app,
+        job=job,
+        number=number,
+        scheduled_at=scheduled_at,
+        cause=cause,
+        state=state,
+        finished_at=finished_at,
+        created_at=fields.pop("created_at", scheduled_at),
+        updated_at=fields.pop("updated_at", finished_at if finished_at is not None
+                              else scheduled_at),
         **fields,
     )

@@ -5,7 +5,9 @@
   stores it as a new version if it changed. Returns the version and the per-service diff.
   With `dry_run` nothing is written (`corral apply --plan`).
 - `GET /v1/apps` every application with per-service desired/running/healthy counts and the
-  service's latest deployment.
+  service's latest deployment; a service that waits for its dependencies before it starts
+  has `waiting_for` (their names) and `reason` ("waiting for dependencies: cache (0/1
+  healthy)").
 - `GET /v1/apps/{name}?namespace=default` one application, its services and instances.
 - `GET /v1/apps/{name}/versions/{version}` the spec of one version (agents fetch it; a
   node credential only for a version one of its instances runs).
@@ -35,6 +37,7 @@ from corral.server.api.deps import check_name, get_ctx
 from corral.server.api.instances import instance_view, node_versions, select_instances
 from corral.server.auth import NODE_ACCESS, Identity, get_identity
 from corral.server.context import ServerContext
+from corral.server.dependencies import waiting_for, waiting_reason
 from corral.server.diff import diff_specs
 from corral.server.errors import ApiError
 from corral.server.logs import stream_logs
@@ -129,6 +132,7 @@ def _service_rows(app: Application, instances: list[Instance], deployments: list
         mine = [i for i in instances if i.service == svc]
         spec = app.spec.services.get(svc)
         target = target_of(app, svc)
+        waits = waiting_for(app, svc, instances) if app.status == AppStatus.ACTIVE else ()
         rows.append({
             "service": svc,
             "desired": spec.instances if spec and app.status == AppStatus.ACTIVE else 0,
@@ -141,6 +145,8 @@ def _service_rows(app: Application, instances: list[Instance], deployments: list
             "failed": sum(1 for i in mine if i.state == InstanceState.FAILED),
             "version": max((i.version for i in mine if i.live), default=app.version),
             "deployment": deployment_view(latest[svc]) if svc in latest else None,
+            "waiting_for": [w.service for w in waits],
+            "reason": waiting_reason(waits) if waits else "",
         })
     return rows
 

@@ -10,6 +10,12 @@ the deployment record with its events. Scaling alone never replaces an instance:
 instances stopped and running deployments cancelled; once no instance is left, its record,
 versions and deployments are removed.
 
+`depends_on` (`server/dependencies.py`): a service that has not started gets no instance
+until its dependencies are ready (the application record keeps which services wait, so an
+`app` event says so once, and another when the wait ends); each new instance carries its
+dependencies' addresses (`Instance.dependency_env`); and a deleted application stops a
+service only once the services that depend on it have stopped.
+
 It returns how soon time alone changes a rollout (`min_healthy_time` passing, a deadline),
 so the loop wakes then rather than at the next resync.
 
@@ -35,6 +41,13 @@ from corral.model.instance import (
 from corral.server import keys
 from corral.server.context import ServerContext
 from corral.server.controllers.base import Controller
+from corral.server.dependencies import (
+    Unready,
+    dependency_env,
+    held_for_dependents,
+    waiting_for,
+    waiting_reason,
+)
 from corral.server.records import Txn, Versioned
 from corral.server.rollout import Step, Target, plan_service, runs_target, target_of
 from corral.server.versions import latest_deployments, stage_reverts
@@ -63,7 +76,7 @@ def _stop(txn: Txn, item: Versioned[Instance], reason: str, now: float) -> None:
 
 
 def _new_instance(ctx: ServerContext, app: Application, target: Target, name: str, slot: int,
-                  taken: set[str], now: float) -> Instance:
+                  taken: set[str], now: float, env: dict[str, str]) -> Instance:
     iid = ctx.new_id()
     while iid in taken:
         iid = ctx.new_id()
@@ -75,7 +88,7 @@ def _new_instance(ctx: ServerContext, app: Application, target: Target, name: st
         resources=spec.resources, port_names=tuple(p.name for p in spec.ports),
         static_ports={p.name: p.static for p in spec.ports if p.static is not None},
         driver=spec.isolation.driver, created_at=now, updated_at=now,
-        reason="waiting for placement",
+        reason="waiting for placement", dependency_env=env,
     )
 
 
@@ -90,7 +103,9 @@ def _put_deployment(txn: Txn, dep: Deployment, known: dict[str, Versioned[Deploy
 
 def _apply_step(ctx: ServerContext, txn: Txn, app: Application, name: str, step: Step,
                 items: list[Versioned[Instance]], latest: Versioned[Deployment] | None,
-                taken: set[str], now: float, *, instances: bool) -> None:
+                taken: set[str], now: float, *, instances: bool,
+                siblings: list[Instance]) -> None:
+    """`siblings`: every instance of the application (the dependencies' among them)."""
     known: dict[str, Versioned[Deployment]] = {latest.record.id: latest} if latest else {}
     for dep in step.deployments:
         _put_deployment(txn, dep, known)
@@ -110,7 +125,9 @@ def _apply_step(ctx: ServerContext, txn: Txn, app: Application, name: str, step:
             and i.record.id not in stopping and runs_target(i.record, target)}
     free = (s for s in range(step.create + len(items) + 1) if s not in used)
     for _ in range(step.create):
-        inst = _new_instance(ctx, app, target, name, next(free), taken, now)
+        slot = next(free)
+        env = dependency_env(app, target.spec, slot, siblings)
+        inst = _new_instance(ctx, app, target, name, slot, taken, now, env)
         txn.put(keys.instance(inst.id), inst, expect=0)
         txn.event("instance", inst.id, "pending", f"{app.name}/{name} instance {inst.id} "
                   f"created for version {target.version}",
@@ -136,11 +153,12 @@ def _reconcile_deleting(txn: Txn, app: Versioned[Application], items: list[Versi
                         deployments: list[Versioned[Deployment]], now: float) -> None:
     record = app.record
     remaining = 0
+    held = held_for_dependents(record.spec.services, [i.record for i in items])
     for item in items:
         inst = item.record
         if inst.state in TERMINAL_STATES or inst.node is None:
             txn.delete(keys.instance(inst.id), expect=item.mod_revision)
-        elif inst.desired == DesiredState.RUN:
+        elif inst.desired == DesiredState.RUN and inst.service not in held:
             _stop(txn, item, f"application {record.name} deleted", now)
             remaining += 1
         else:
@@ -162,6 +180,31 @@ def _reconcile_deleting(txn: Txn, app: Versioned[Application], items: list[Versi
                   f"application {record.name} deleted")
 
 
+def _note_waits(txn: Txn, app: Versioned[Application],
+                waits: dict[str, tuple[Unready, ...]]) -> None:
+    """Keep in the application record which services wait for their dependencies, with an
+    event when one starts waiting and when its wait ends: once each, not on every pass."""
+    record = app.record
+    now_waiting = {name: tuple(u.service for u in w) for name, w in waits.items()}
+    if now_waiting == record.waiting:
+        return
+    txn.put(keys.app(record.namespace, record.name),
+            dataclasses.replace(record, waiting=now_waiting), expect=app.mod_revision)
+    key = f"{record.namespace}/{record.name}"
+    for name in sorted(now_waiting.keys() - record.waiting.keys()):
+        reason = waiting_reason(waits[name])
+        txn.event("app", key, "waiting", f"{record.name}/{name} {reason}",
+                  {"app": record.name, "namespace": record.namespace, "service": name,
+                   "waiting_for": list(now_waiting[name]), "reason": reason})
+    for name in sorted(record.waiting.keys() - now_waiting.keys()):
+        if name in record.spec.services:
+            txn.event("app", key, "dependencies-ready",
+                      f"{record.name}/{name}: dependencies ready "
+                      f"({', '.join(record.waiting[name])}); starting",
+                      {"app": record.name, "namespace": record.namespace, "service": name,
+                       "dependencies": list(record.waiting[name])})
+
+
 async def _reconcile_active(ctx: ServerContext, txn: Txn, app: Versioned[Application],
                             items: list[Versioned[Instance]],
                             deployments: list[Versioned[Deployment]], taken: set[str],
@@ -171,14 +214,18 @@ async def _reconcile_active(ctx: ServerContext, txn: Txn, app: Versioned[Applica
     for item in items:
         by_service[item.record.service].append(item)
     latest = latest_deployments(deployments)
+    siblings = [i.record for i in items]
     steps: dict[str, Step] = {}
+    waits = {name: w for name in sorted(record.spec.services)
+             if (w := waiting_for(record, name, siblings))}
     for name in sorted(set(record.spec.services) | set(by_service) | set(latest)):
         newest = latest.get(name)
         steps[name] = plan_service(
             namespace=record.namespace, app=record.name, service=name,
             target=target_of(record, name), latest=newest.record if newest else None,
             instances=[i.record for i in by_service.get(name, [])], now=now,
-            new_id=ctx.new_id)
+            new_id=ctx.new_id,
+            waiting=waiting_reason(waits[name]) if name in waits else "")
     failed = [d for name, step in steps.items()
               if (d := _failed_now(step, latest.get(name))) is not None]
     revert = ctx.records.txn()  # committed with the rest, after it (events in order)
@@ -190,7 +237,9 @@ async def _reconcile_active(ctx: ServerContext, txn: Txn, app: Versioned[Applica
         # step was planned for the version that just failed.
         hold = reverted is not None and any(d.service == name for d in reverted.deployments)
         _apply_step(ctx, txn, record, name, step, by_service.get(name, []), latest.get(name),
-                    taken, now, instances=not hold)
+                    taken, now, instances=not hold, siblings=siblings)
+    if reverted is None:  # a revert rewrites the application record: next round
+        _note_waits(txn, app, waits)
     txn.merge(revert)
     return [s.wake_at for s in steps.values() if s.wake_at is not None]
 
