@@ -215,8 +215,14 @@ class CommandProbe:
             return ProbeResult(ok=False, detail=f"command {self.label}: {_describe(exc)}")
         try:
             assert proc.stdout is not None
-            output = await proc.stdout.read(_OUTPUT_MAX)
-            # Whatever is written beyond the limit is drained so the command cannot block.
+            # `read(n)` answers with whatever has arrived: gather up to the limit, then
+            # drain the rest so the command cannot block on a full pipe.
+            output = b""
+            while len(output) < _OUTPUT_MAX:
+                chunk = await proc.stdout.read(_OUTPUT_MAX - len(output))
+                if not chunk:
+                    break
+                output += chunk
             while await proc.stdout.read(65536):
                 pass
             code = await proc.wait()
