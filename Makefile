@@ -1,4 +1,5 @@
-# `make demo`: install everything, start a single-machine cluster, apply examples/hello.
+# `make demo`: install everything, start a single-machine cluster, apply examples/hello
+# (`make demo EXAMPLE=webshop`: examples/webshop, haproxy in front of a web tier).
 # `make test`: install everything, run linters and the whole test suite.
 # Both are idempotent: installs happen once (stamp files), re-running is cheap.
 
@@ -7,6 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := bubblewrap runc tini redis-server haproxy iproute2 procps util-linux curl python3 python3-venv
 PYTEST_ARGS ?=
+EXAMPLE ?= hello
 
 .PHONY: deps demo test lint unit down clean
 
@@ -31,7 +33,7 @@ PYTEST_ARGS ?=
 deps: .stamp-apt .stamp-venv
 
 demo: deps
-	@bash scripts/demo.sh
+	@bash scripts/demo.sh $(EXAMPLE)
 
 down:
 	@$(VENV)/bin/corral down --data-dir $${CORRAL_DEMO_DIR:-$$HOME/.local/share/corral-demo}

@@ -39,6 +39,9 @@ def make_server(app: FastAPI, *, host: str = "127.0.0.1", port: int = 0,
     return EmbeddedServer(uvicorn.Config(
         app, host=host, port=port, log_config=None, access_log=False,
         timeout_graceful_shutdown=2, lifespan="on",
+        # `corral exec`'s websockets; the sans-I/O protocol of the `websockets` package
+        # (uvicorn's default picks its deprecated legacy one).
+        ws="websockets-sansio",
         ssl_certfile=str(certfile) if tls else None,
         ssl_keyfile=str(keyfile or certfile) if tls else None,
         ssl_context_factory=_tls_floor if tls else None))

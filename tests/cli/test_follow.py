@@ -111,3 +111,20 @@ async def test_a_failing_new_service_fails_the_wait_at_once(srv: ServerHarness) 
                            since=0, show=False, poll=0.01)
     assert not outcome.ok
     assert outcome.problems == [f"web/{inst['id']}: failed: exited with code 3"]
+
+
+def test_an_unplaceable_instance_waits_while_an_old_one_frees_its_resources() -> None:
+    from corral.cli.follow import _instance_problems
+
+    def inst(iid: str, desired: str, state: str, reason: str = "") -> dict[str, Any]:
+        return {"id": iid, "service": "web", "desired": desired, "state": state,
+                "reason": reason, "updated_at": 10.0}
+
+    full = inst("new", "run", "pending", "no node can fit 0.2 cpu")
+    # The old instance is in its shutdown_delay: once stopped, the new one fits.
+    draining = {"instances": [full, inst("old", "stop", "healthy")]}
+    assert _instance_problems(draining, set(), since=0) == []
+    # Nothing will free room: the wait fails at once, saying why.
+    stuck = {"instances": [full, inst("old", "stop", "stopped")]}
+    assert _instance_problems(stuck, set(), since=0) == [
+        "web/new: pending: no node can fit 0.2 cpu"]

@@ -264,8 +264,12 @@ def _tarball() -> bytes:
     ("POST", "/v1/tokens"), ("GET", "/v1/tokens"), ("DELETE", "/v1/tokens/abcdef"),
     ("GET", "/v1/events"), ("GET", "/v1/status"), ("GET", "/metrics"),
     ("GET", "/openapi.json"), ("GET", "/v1/instances/i0000001"),
-    ("GET", "/v1/instances/i0000001/logs"), ("PUT", f"/v1/artifacts/sha256:{'0' * 64}"),
-    ("HEAD", f"/v1/artifacts/sha256:{'0' * 64}"),
+    ("GET", "/v1/instances/i0000001/logs"), ("GET", "/v1/instances/i0000001/processes"),
+    ("POST", "/v1/instances/signal"), ("PUT", f"/v1/artifacts/sha256:{'0' * 64}"),
+    ("HEAD", f"/v1/artifacts/sha256:{'0' * 64}"), ("GET", "/v1/jobs"),
+    ("GET", "/v1/jobs/default/shop/etl/runs"), ("GET", "/v1/jobs/default/shop/etl/runs/1"),
+    ("POST", "/v1/jobs/default/shop/etl/run"),
+    ("POST", "/v1/jobs/default/shop/etl/runs/1/cancel"),
 ])
 async def test_admin_only_endpoints_refuse_a_node_credential(srv: ServerHarness, method: str,
                                                              path: str) -> None:

@@ -70,6 +70,7 @@ def test_full_example_loads_with_yaml_12_scalars_and_merge_keys() -> None:
     assert canary.depends_on == ("web", "cache")
     assert canary.ports == web.ports
     assert spec.jobs["report"].command == ("python3", "report.py", "=")
+    assert spec.jobs["report"].history_limit == 5 and spec.jobs["hourly"].history_limit == 20
     assert spec.jobs["publish"].after == ("report", "weekly")
 
 

@@ -435,3 +435,58 @@ class StoreConformance:
                                  Put(key="/y", value=b"1", lease=9)])
         assert await store.revision() == 0
         assert await store.range("") == ([], 0)
+
+    # subscribe: each commit's events, at once, before the writer resumes
+
+    async def test_subscribers_get_each_commit_whole_before_the_write_returns(
+            self, store: Store) -> None:
+        seen: list[list[tuple[str, str, bytes, int]]] = []
+        unsubscribe = store.subscribe(lambda events: seen.append(brief(events)))
+        await store.put("/a", b"1")
+        assert seen == [[("put", "/a", b"1", 1)]]  # already there when put returns
+        await store.txn((), [Put(key="/b", value=b"2"), Put(key="/a", value=b"3"),
+                             Delete(key="/nothing")])
+        assert seen[1] == [("put", "/b", b"2", 2), ("put", "/a", b"3", 2)]
+        await store.txn((), [])  # writes nothing: no commit to tell
+        await store.delete("/", prefix=True)
+        assert seen[2] == [("delete", "/a", b"", 3), ("delete", "/b", b"", 3)]
+        unsubscribe()
+        await store.put("/c", b"4")
+        assert len(seen) == 3
+        unsubscribe()  # twice is harmless
+
+    async def test_subscribers_see_prev_values_and_lease_revocations(
+            self, store: Store) -> None:
+        seen: list[WatchEvent] = []
+        store.subscribe(seen.extend)
+        await store.lease_grant(3, 10.0, now=0.0)
+        await store.put("/alive/n1", b"3", lease=3)
+        await store.put("/alive/n1", b"4", lease=3)
+        assert seen[1].prev_kv == kv("/alive/n1", b"3", 1, 1, 1, lease=3)
+        assert await store.expire_leases(now=10.0) == [3]
+        assert brief(seen[2:]) == [("delete", "/alive/n1", b"", 3)]
+
+    async def test_a_failing_subscriber_neither_fails_the_write_nor_silences_others(
+            self, store: Store) -> None:
+        def broken(events: Sequence[WatchEvent]) -> None:
+            raise RuntimeError("listener bug")
+
+        seen: list[WatchEvent] = []
+        store.subscribe(broken)
+        store.subscribe(seen.extend)
+        assert await store.put("/a", b"1") == 1
+        assert await store.get("/a") == kv("/a", b"1", 1, 1, 1)
+        assert brief(seen) == [("put", "/a", b"1", 1)]
+
+    async def test_a_refreshing_grant_and_keepalives_keep_a_lease_alive(
+            self, store: Store) -> None:
+        await store.lease_grant(5, 10.0, now=0.0)
+        await store.put("/alive/n", b"5", lease=5)
+        for now in (8.0, 16.0, 24.0):
+            await store.lease_grant(5, 10.0, now=now)  # same ttl: a refresh
+            assert await store.expire_leases(now=now + 9.0) == []
+        assert await store.lease_keepalive(5, now=33.0)
+        assert await store.expire_leases(now=42.9) == []
+        await store.lease_grant(5, 2.0, now=43.0)  # a new ttl
+        assert await store.expire_leases(now=45.0) == [5]
+        assert await store.get("/alive/n") is None

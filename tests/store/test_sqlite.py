@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 
 from corral.store import (
+    Compare,
     MemoryStore,
     Put,
     SqliteStore,
     Store,
     StoreError,
+    TxnResult,
     open_store,
 )
 from tests.store.conformance import GUARD, StoreConformance, brief, kv, next_event, take
@@ -58,6 +60,57 @@ async def test_data_revision_and_leases_survive_reopen(tmp_path: Path) -> None:
         assert await store.put("/d", b"1") == 4
         assert await store.expire_leases(now=10.0) == [5]
         assert await store.get("/b") is None
+    finally:
+        await store.close()
+
+
+async def test_keepalives_live_in_memory_a_reopen_keeps_the_last_grant(tmp_path: Path
+                                                                       ) -> None:
+    # Keepalives and refreshing grants (each heartbeat) never wait for the writer thread;
+    # what survives a restart is each lease as it was created, and the server grants every
+    # node's lease again when it starts.
+    path = tmp_path / "state.db"
+    store = await SqliteStore.open(path)
+    await store.lease_grant(5, 10.0, now=0.0)
+    await store.lease_grant(6, 10.0, now=0.0)
+    assert await store.lease_keepalive(5, now=9.0)  # due at 19 in this process
+    await store.lease_grant(6, 20.0, now=9.0)  # a refresh, new ttl too: in memory
+    assert await store.expire_leases(now=18.0) == []
+    await store.close()
+
+    store = await SqliteStore.open(path)
+    try:
+        assert await store.expire_leases(now=10.0) == [5, 6]
+    finally:
+        await store.close()
+
+
+async def test_writes_queued_together_commit_together_but_each_on_its_own(
+        tmp_path: Path) -> None:
+    # Group commit: 60 concurrent writes (one malformed, one losing its compare) share
+    # SQLite transactions; each still gets its own revision and all-or-nothing outcome.
+    store = await SqliteStore.open(tmp_path / "state.db")
+    try:
+        await store.put("/cas", b"0")
+        seen: list[int] = []
+        store.subscribe(lambda events: seen.append(events[0].kv.mod_revision))
+
+        async def write(n: int) -> object:
+            if n == 13:
+                return await store.txn((), [Put(key="/ok", value=b"x"), Put(key="", value=b"")])
+            if n == 14:
+                return await store.txn([Compare(key="/cas", value=99)],
+                                       [Put(key="/lost", value=b"x")])
+            return await store.put(f"/k/{n:02d}", b"v")
+
+        results = await asyncio.gather(*(write(n) for n in range(60)), return_exceptions=True)
+        assert isinstance(results[13], ValueError)
+        assert results[14] == TxnResult(succeeded=False, revision=results[14].revision)
+        revisions = sorted(r for r in results if isinstance(r, int))
+        assert revisions == list(range(2, 60))  # 58 puts, consecutive, one each
+        assert seen == revisions  # announced once each, in order
+        assert await store.get("/ok") is None and await store.get("/lost") is None
+        assert len((await store.range("/k/"))[0]) == 58
     finally:
         await store.close()
 

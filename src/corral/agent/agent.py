@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import signal
 from dataclasses import dataclass, field
@@ -27,8 +28,10 @@ from typing import Any
 from corral.agent.artifacts import ArtifactCache
 from corral.agent.catalog import CatalogWatcher
 from corral.agent.drivers.base import Driver, TaskHandle
+from corral.agent.metrics import UsageSample
 from corral.agent.reporter import StatusReporter
-from corral.agent.runner import InstanceDirs, Runner
+from corral.agent.retention import DEFAULT_LOG_RETENTION, expired_dirs
+from corral.agent.runner import InstanceDirs, Runner, StartObserver, job_service_spec
 from corral.client.http import ApiError, Client, Unreachable
 from corral.clock import Clock
 from corral.model.application import ApplicationSpec, ServiceSpec
@@ -55,12 +58,15 @@ class AgentConfig:
     agent_url: str = ""
     artifact_max_bytes: int = 512 * 1024 * 1024
     poll_wait: float = 30.0
+    # How long an ended instance's directory (its logs) is kept (`agent/retention.py`).
+    log_retention: float = DEFAULT_LOG_RETENTION
 
 
 class Agent:
     def __init__(self, *, config: AgentConfig, client: Client, drivers: dict[str, Driver],
                  default_driver: str, driver_status: dict[str, str], clock: Clock,
-                 all_drivers: dict[str, Driver] | None = None) -> None:
+                 all_drivers: dict[str, Driver] | None = None,
+                 observe_start: StartObserver | None = None) -> None:
         self.config = config
         self._client = client
         self._drivers = drivers  # usable: what new instances start with
@@ -76,6 +82,9 @@ class Agent:
         self._recovered: dict[str, TaskHandle] = {}
         self._orphans: set[asyncio.Task[None]] = set()
         self._usage: dict[str, tuple[float, float]] = {}  # id -> (cpu seconds, monotonic)
+        # The latest `sample_usage`, by instance id: what `/metrics` shows (agent/metrics.py).
+        self.latest_usage: dict[str, UsageSample] = {}
+        self._observe_start = observe_start
         self._lease_id = 0
         self._ttl = 10.0
         self._heartbeat_interval = self._ttl / 3
@@ -199,6 +208,9 @@ class Agent:
         if spec is None:
             answer = await self._client.app_version(inst.app, inst.version, inst.namespace)
             spec = self._specs[key] = from_data(ApplicationSpec, answer["spec"])
+        if inst.kind == "job":
+            job = spec.jobs.get(inst.service)
+            return None if job is None else job_service_spec(job)
         return spec.services.get(inst.service)
 
     async def reconcile(self, instances: list[Instance]) -> None:
@@ -213,6 +225,11 @@ class Agent:
                     runner.request_stop()
                 elif inst.state not in (InstanceState.STOPPED, InstanceState.LOST):
                     await self._report_once(inst, InstanceState.STOPPED, "stop requested")
+                continue
+            if inst.kind == "job" and inst.state in (InstanceState.EXITED,
+                                                     InstanceState.FAILED):
+                # A job's instance that ended runs no more (an agent restarted before the
+                # job controller marked it stopped must not run it again).
                 continue
             if runner is None and inst.id not in self._finished:
                 await self._start_runner(inst)
@@ -250,7 +267,8 @@ class Agent:
         driver_name = inst.driver or self._default_driver
         driver = self._drivers.get(driver_name)
         if spec is None or driver is None:
-            reason = (f"service {inst.service} not in version {inst.version}" if spec is None
+            reason = (f"{inst.kind} {inst.service} not in version {inst.version}"
+                      if spec is None
                       else f"driver {driver_name} is not available on this node")
             reporter.report(state=str(InstanceState.FAILED), reason=reason)
             await reporter.flush()
@@ -264,23 +282,44 @@ class Agent:
                         artifacts=self.artifacts, dirs=self.dirs(inst.id), clock=self._clock,
                         node=self.config.name, host_ip=self.config.address,
                         artifact_max_bytes=self.config.artifact_max_bytes, adopt=adopt,
-                        catalog=self.catalog)
+                        catalog=self.catalog, observe_start=self._observe_start)
         self.runners[inst.id] = runner
         runner.start()
 
+    def running(self, instance_id: str) -> tuple[Driver, TaskHandle] | None:
+        """The driver and handle of an instance whose process runs here now (for the
+        agent API: signals, exec, processes)."""
+        runner = self.runners.get(instance_id)
+        handle = runner.handle if runner is not None and not runner.done else None
+        if handle is None:
+            return None
+        return self._handlers[handle.driver], handle
+
     async def gc_loop(self, interval: float = 300.0) -> None:
-        """Remove task and log dirs of instances the server no longer knows."""
+        """Remove the dirs (task, logs) of instances that ended more than `log_retention`
+        ago or that the server no longer knows (`agent/retention.py`)."""
         while True:
-            await asyncio.sleep(interval)
-            try:
-                known = {i["id"] for i in await self._client.list_instances(
-                    node=self.config.name, all=True)}
-            except (Unreachable, ApiError):
-                continue
-            root = self.config.data_dir / "instances"
-            for path in root.iterdir() if root.exists() else ():
-                if path.name not in known and path.name not in self.runners:
-                    shutil.rmtree(path, ignore_errors=True)
+            await asyncio.sleep(min(interval, max(self.config.log_retention / 4, 1.0)))
+            await self.collect_garbage()
+
+    async def collect_garbage(self) -> list[str]:
+        """One pass of `gc_loop`; the ids whose dirs were removed."""
+        known: set[str] | None
+        try:
+            known = {i["id"] for i in await self._client.list_instances(
+                node=self.config.name, all=True)}
+        except (Unreachable, ApiError):
+            known = None
+        root = self.config.data_dir / "instances"
+        live = {i for i, r in self.runners.items() if not r.done} | set(self._recovered)
+        changed = {p.name: _last_change(p) for p in root.iterdir()} if root.exists() else {}
+        gone = expired_dirs(changed, now=self._clock.now(),
+                            retention=self.config.log_retention, live=live, known=known)
+        for item in gone:
+            shutil.rmtree(root / item.instance, ignore_errors=True)
+            log.info("removed the dir of instance %s (%s)", item.instance, item.why,
+                     extra={"instance": item.instance})
+        return [item.instance for item in gone]
 
     def runners_alive(self) -> bool:
         return any(not r.done for r in self.runners.values())
@@ -326,6 +365,7 @@ class Agent:
 
     async def sample_usage(self) -> dict[str, dict[str, float | int | None]]:
         report: dict[str, dict[str, float | int | None]] = {}
+        latest: dict[str, UsageSample] = {}
         now = self._clock.monotonic()
         for iid, runner in list(self.runners.items()):
             handle = runner.handle
@@ -340,6 +380,22 @@ class Agent:
             if prev is not None and now > prev[1] and u.cpu_seconds >= prev[0]:
                 cpu = (u.cpu_seconds - prev[0]) / (now - prev[1])
             report[iid] = {"cpu": cpu, "memory": u.memory, "pids": u.pids}
+            latest[iid] = UsageSample(cpu=cpu, cpu_seconds=u.cpu_seconds, memory=u.memory,
+                                      pids=u.pids)
         for iid in set(self._usage) - set(self.runners):
             del self._usage[iid]
+        self.latest_usage = latest
         return report
+
+
+def _last_change(path: Path) -> float:
+    """The newest modification time of an instance dir, its logs dir and its log files."""
+    newest = 0.0
+    for p in (path, path / "logs"):
+        try:
+            newest = max(newest, p.stat().st_mtime)
+            if p.name == "logs":
+                newest = max([newest, *(e.stat().st_mtime for e in os.scandir(p))])
+        except OSError:
+            continue
+    return newest

@@ -63,21 +63,27 @@ class ArtifactCache:
 
     async def ensure(self, digest: str) -> Path:
         """Return the path of a cached blob whose sha256 is `digest`, fetching it if needed."""
+        return (await self.obtain(digest))[0]
+
+    async def obtain(self, digest: str) -> tuple[Path, bool]:
+        """`ensure`, and whether this call downloaded the blob (False: it was cached, also
+        when another instance's download it waited for brought it), which the runner's
+        `starting` report tells the event stream."""
         final = self.path_for(digest)
         if digest in self._verified and final.exists():
-            return final
+            return final, False
         lock = self._locks.setdefault(digest, asyncio.Lock())
         async with lock:
             if digest in self._verified and final.exists():
-                return final
+                return final, False
             if final.exists():
                 if await asyncio.to_thread(sha256_file, final) == digest:
                     self._verified.add(digest)
-                    return final
+                    return final, False
                 final.unlink()
             await self._download(digest, final)
             self._verified.add(digest)
-            return final
+            return final, True
 
     async def unpack(self, digest: str, task_dir: Path, max_bytes: int) -> None:
         """Unpack the artifact into `task_dir`, which must be missing or an empty directory."""

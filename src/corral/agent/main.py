@@ -23,6 +23,7 @@ from corral.agent.agent import Agent, AgentConfig
 from corral.agent.api import create_agent_app
 from corral.agent.drivers import make_drivers
 from corral.agent.identity import NodeIdentity
+from corral.agent.metrics import AgentMetrics
 from corral.client import Client, ClientConfig
 from corral.clock import SystemClock
 from corral.serving import bind_socket, make_server
@@ -54,9 +55,11 @@ async def serve_agent(opts: AgentOptions) -> None:
     agent_url = f"{scheme}://{opts.config.address}:{sock.getsockname()[1]}"
     config = dataclasses.replace(opts.config, agent_url=agent_url)
     client = Client(ClientConfig(addr=opts.server, token=opts.token, cacert=opts.cacert))
+    metrics = AgentMetrics()
     agent = Agent(config=config, client=client, drivers=registry.usable,
                   default_driver=registry.default, driver_status=registry.status,
-                  clock=SystemClock(), all_drivers=registry.built)
+                  clock=SystemClock(), all_drivers=registry.built,
+                  observe_start=metrics.observe_start)
     # Adopt what an earlier agent left running, then kill every other instance group: no
     # instance is ever left running unsupervised.
     recovered = await agent.recover_local()
@@ -65,7 +68,8 @@ async def serve_agent(opts: AgentOptions) -> None:
              len(stale))
     http = make_server(
         create_agent_app(token=identity.agent_token if identity else opts.token,
-                         log_dir_of=lambda iid: agent.dirs(iid).logs),
+                         log_dir_of=lambda iid: agent.dirs(iid).logs, control=agent,
+                         metrics=lambda: metrics.render(agent)),
         certfile=identity.cert_path if identity else None,
         keyfile=identity.key_path if identity else None)
     stop = asyncio.Event()

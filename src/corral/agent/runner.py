@@ -34,6 +34,12 @@ stop sending to it first. Restarts (crash, unhealthy, template) do not wait.
 
 Neighbours: `agent/agent.py` creates and stops runners; `agent/drivers/` runs processes;
 `agent/artifacts.py` provides the unpacked artifact; `agent/reporter.py` talks to the server.
+
+A job's instance (`kind` job) runs `job_service_spec(job)`: never restarted, it reports one
+final state, `exited` (code 0) or `failed` (any other end, or "could not start"), and an
+agent that restarts and finds no trace of it reports it `failed` rather than running it
+twice. Its env adds `CORRAL_JOB`, `CORRAL_RUN`, `CORRAL_ATTEMPT` and
+`CORRAL_COMPLETION_INDEX`.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import logging
 import os
 import shutil
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,15 +69,19 @@ from corral.agent.templates import (
     TemplateRenderer,
 )
 from corral.clock import Clock
-from corral.model.application import ServiceSpec
+from corral.model.application import JobSpec, RestartSpec, ServiceSpec
 from corral.model.instance import Instance, InstanceState
+from corral.model.units import format_size
 
-__all__ = ["InstanceDirs", "Runner", "build_env"]
+__all__ = ["InstanceDirs", "Runner", "StartObserver", "build_env", "job_service_spec"]
 
 log = logging.getLogger(__name__)
 
 S = InstanceState
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Told of every `driver.start`: driver name, seconds it took, whether it succeeded
+# (`AgentMetrics.observe_start`).
+StartObserver = Callable[[str, float, bool], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +105,15 @@ class InstanceDirs:
         return self.root / "handle.json"
 
 
+def job_service_spec(job: JobSpec) -> ServiceSpec:
+    """What a job's instance runs, as the runner's spec: the job's command, artifact, env,
+    resources and isolation, never restarted (a retry is a new run, decided by the
+    server), no ports, health checks or templates."""
+    return ServiceSpec(command=job.command, artifact=job.artifact, env=dict(job.env),
+                       resources=job.resources, isolation=job.isolation,
+                       restart=RestartSpec(policy="never"))
+
+
 def build_env(inst: Instance, spec: ServiceSpec, *, node: str, host_ip: str,
               task_dir: Path) -> dict[str, str]:
     env = {"PATH": DEFAULT_PATH, "HOME": str(task_dir), "LANG": "C.UTF-8"}
@@ -113,6 +133,10 @@ def build_env(inst: Instance, spec: ServiceSpec, *, node: str, host_ip: str,
         "CORRAL_HOST_IP": host_ip, "CORRAL_TASK_DIR": str(task_dir),
         "CORRAL_VERSION": str(inst.version),
     })
+    if inst.kind == "job":
+        env.update({"CORRAL_JOB": inst.service, "CORRAL_RUN": str(inst.run),
+                    "CORRAL_ATTEMPT": str(inst.attempt),
+                    "CORRAL_COMPLETION_INDEX": str(inst.slot)})
     return env
 
 
@@ -126,7 +150,8 @@ class Runner:
                  reporter: StatusReporter, artifacts: ArtifactCache, dirs: InstanceDirs,
                  clock: Clock, node: str, host_ip: str, artifact_max_bytes: int,
                  adopt: TaskHandle | None = None,
-                 catalog: CatalogWatcher | None = None) -> None:
+                 catalog: CatalogWatcher | None = None,
+                 observe_start: StartObserver | None = None) -> None:
         self.instance = instance
         self.spec = spec
         self._driver = driver
@@ -145,6 +170,7 @@ class Runner:
         self.handle: TaskHandle | None = None
         self._adopt = adopt
         self.state = instance.state
+        self._job = instance.kind == "job"
         self.task: asyncio.Task[None] | None = None
         # none: no checks; unknown: not checked yet in this run of the process.
         self._health = "none" if spec.health is None else "unknown"
@@ -158,7 +184,11 @@ class Runner:
         self._templates: InstanceTemplates | None = None
         self._template_watch: asyncio.Task[None] | None = None
         self._template_problem = ""
+        # What preparing found ("artifact … already cached on this node"): the reason of the
+        # next `starting` report, so the event stream tells a download from a cache hit.
+        self._start_note = ""
         self._files_lock = asyncio.Lock()  # templates are not written while a process starts
+        self._observe_start = observe_start
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"instance-{self.instance.id}")
@@ -173,6 +203,10 @@ class Runner:
         if self.task is not None and not self.task.done():
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
+
+    @property
+    def restarts(self) -> int:
+        return self._restarts
 
     @property
     def done(self) -> bool:
@@ -229,12 +263,23 @@ class Runner:
                 not self._driver.capabilities.network_isolation:
             raise DriverError(f"driver {self._driver.name} cannot isolate the network "
                               "(isolation.network: isolated); use driver sandbox or oci")
-        handle = await self._driver.start(self._config())
+        config = self._config()
+        began = self._clock.monotonic()
+        try:
+            handle = await self._driver.start(config)
+        except Exception:
+            self._observed_start(began, ok=False)
+            raise
+        self._observed_start(began, ok=True)
         # Saved before anything else can happen: a restarted agent adopts from this file.
         tmp = self.dirs.handle.with_suffix(".tmp")
         tmp.write_text(handle.to_json())
         os.replace(tmp, self.dirs.handle)
         return handle
+
+    def _observed_start(self, began: float, *, ok: bool) -> None:
+        if self._observe_start is not None:
+            self._observe_start(self._driver.name, self._clock.monotonic() - began, ok)
 
     async def _release(self, handle: TaskHandle) -> None:
         await self._driver.destroy(handle)
@@ -246,6 +291,12 @@ class Runner:
             if self.instance.state in (S.FETCHING, S.STARTING, S.RUNNING, S.HEALTHY,
                                        S.UNHEALTHY):
                 # An earlier agent process ran it and nothing of it could be recovered.
+                if self._job:
+                    # Whether it completed is unknown: the run fails (and may be retried)
+                    # rather than running twice.
+                    self._report(S.FAILED, "agent restarted and found no trace of the "
+                                           "job's process")
+                    return
                 self._report(S.EXITED, "agent restarted and found no trace of the process; "
                                        "starting it again")
             if not await self._prepare():
@@ -274,7 +325,8 @@ class Runner:
                 self._report(shown, "adopted after an agent restart", pid=self.handle.pid,
                              started_at=self.handle.started_at)
             else:
-                self._report(S.STARTING)
+                self._report(S.STARTING, self._start_note)
+                self._start_note = ""
                 try:
                     async with self._files_lock:
                         self.handle = await self._launch()
@@ -315,6 +367,11 @@ class Runner:
                     continue
             succeeded = result is not None and result.exit_code == 0
             exit_code = result.exit_code if result is not None else None
+            if self._job:
+                # One final report: the job controller counts it at once, and a job's
+                # instance never starts again (a retry is a new run with new instances).
+                self._report(S.EXITED if succeeded else S.FAILED, reason, exit_code=exit_code)
+                return
             self._report(S.EXITED, reason, exit_code=exit_code)
             if self._clock.monotonic() - started >= self.spec.restart.max_backoff:
                 self._quick_exits = 0  # it ran for a while: a new crash starts a new backoff
@@ -516,10 +573,14 @@ class Runner:
     async def _unpack_artifact(self, digest: str) -> bool:
         self._report(S.FETCHING, f"fetching artifact {digest[:19]}")
         try:
-            fetch = asyncio.ensure_future(self._artifacts.ensure(digest))
+            fetch = asyncio.ensure_future(self._artifacts.obtain(digest))
             if await self._until_stop(fetch):
                 self._report(S.STOPPED, self._stop_reason)
                 return False
+            blob, fetched = fetch.result()
+            self._start_note = (
+                f"artifact {digest[:19]} fetched ({format_size(blob.stat().st_size)})"
+                if fetched else f"artifact {digest[:19]} already cached on this node")
             if self.dirs.task.exists():
                 shutil.rmtree(self.dirs.task)
             await self._artifacts.unpack(digest, self.dirs.task, self._artifact_max)

@@ -40,7 +40,7 @@ from corral.agent.identity import (
 from corral.agent.main import AgentOptions, serve_agent
 from corral.cli.output import EXIT_FAILED, EXIT_USAGE, die
 from corral.logconfig import setup_logging
-from corral.model.units import parse_cpu, parse_size
+from corral.model.units import parse_cpu, parse_duration, parse_size
 from corral.server.auth import parse_join_token
 
 __all__ = ["agent"]
@@ -117,6 +117,9 @@ def agent(
                                          help="Seconds between usage reports."),
     artifact_max_size: str = typer.Option("512MiB", "--artifact-max-size",
                                           help="Largest artifact or rootfs unpacked here."),
+    log_retention: str = typer.Option("1h", "--log-retention",
+                                      help="How long the logs (and task dir) of an ended "
+                                           "instance are kept."),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Run a node agent."""
@@ -130,6 +133,7 @@ def agent(
         offer_cpu = parse_cpu(cpu) if cpu else host_cpu
         offer_mem = parse_size(memory) if memory else host_mem
         artifact_max = parse_size(artifact_max_size)
+        retention = parse_duration(log_retention)
     except ValueError as exc:
         die(str(exc), EXIT_USAGE)
     data = data_dir.resolve()
@@ -180,7 +184,7 @@ def agent(
         name=node_name, address=addr, data_dir=data, cpu=offer_cpu, memory=offer_mem,
         labels=_labels(label), port_range=(lo, hi),
         reserved_ports=tuple(listening_ports(lo, hi)), attributes=fingerprint_attributes(),
-        artifact_max_bytes=artifact_max)
+        artifact_max_bytes=artifact_max, log_retention=retention)
     asyncio.run(serve_agent(AgentOptions(
         config=config, server=server_url, token=credential, cacert=cacert, identity=identity,
         http_host="127.0.0.1" if addr.startswith("127.") else "0.0.0.0",

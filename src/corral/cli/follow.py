@@ -43,15 +43,20 @@ class Outcome:
 def _instance_problems(app: dict[str, Any], rolling: set[str], since: float) -> list[str]:
     """Instances that failed since `since`, or cannot be placed. In a service in `rolling`
     (a deployment with old instances to keep) a failing new instance is the deployment's to
-    judge: it fails at `healthy_deadline`, and may revert."""
+    judge: it fails at `healthy_deadline`, and may revert. One that cannot be placed while
+    an old instance of its service is still stopping waits: the stop frees resources
+    (a surge instance on a full cluster, an old one in its `shutdown_delay`)."""
     problems = []
+    stopping = {i["service"] for i in app["instances"]
+                if i["desired"] == "stop" and i["state"] not in ("stopped", "lost", "failed")}
     for inst in app["instances"]:
-        if inst["desired"] != "run":
-            continue
+        if inst["desired"] != "run" or inst.get("kind") == "job":
+            continue  # a job's instances are its runs' to judge (`corral run` follows them)
         if inst["state"] == "failed" and inst["updated_at"] >= since and \
                 inst["service"] not in rolling:
             problems.append(f"{inst['service']}/{inst['id']}: failed: {inst['reason']}")
-        if inst["state"] == "pending" and inst["reason"] not in ("", "waiting for placement"):
+        if inst["state"] == "pending" and inst["service"] not in stopping and \
+                inst["reason"] not in ("", "waiting for placement"):
             problems.append(f"{inst['service']}/{inst['id']}: pending: {inst['reason']}")
     return problems
 
@@ -146,8 +151,9 @@ async def follow(client: Client, name: str, namespace: str,
 def report(outcome: Outcome, summary: str) -> None:
     """What `apply`, `rollback` and `restart` print once they stop following."""
     if outcome.ok:
-        console.print(summary + ": " + ", ".join(
-            f"{r['service']} {r['ready']}/{r['desired']}" for r in outcome.app["services"]))
+        rows = ", ".join(f"{r['service']} {r['ready']}/{r['desired']}"
+                         for r in outcome.app["services"])
+        console.print(f"{summary}: {rows}" if rows else summary)  # none: only jobs
         for note in outcome.notes:
             err_console.print(f"[yellow]{escape(note)}[/yellow]")
     else:

@@ -1,5 +1,8 @@
-"""`corral logs APP[/SERVICE[/ID]] [-f] [--since 5m] [--tail N] [--json]`: one merged
-stream of every matching instance, each line prefixed by its instance."""
+"""`corral logs APP[/SERVICE[/ID]] [-f] [--since 5m] [--tail N] [--stderr] [--json]`: one
+merged stream of every matching instance on every node, ordered by time, each line
+prefixed by its instance. Instances that have ended are included while their agent keeps
+their logs (`corral agent --log-retention`); `-f` also follows the instances that appear
+while it runs (a rollout's new ones). The merging is the server's (`server/logs.py`)."""
 
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ def logs(
     target: str = typer.Argument(..., help="APP, APP/SERVICE or APP/SERVICE/ID"),
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep streaming new lines."),
     since: str = typer.Option(None, "--since", help="Only lines newer than this (5m, 1h)."),
-    tail: int = typer.Option(None, "--tail", help="Only the last N lines."),
+    tail: int = typer.Option(None, "--tail", min=0, help="Only the last N lines."),
+    stderr: bool = typer.Option(False, "--stderr", help="Only stderr."),
     namespace: str = typer.Option("default", "-n", "--namespace"),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
 ) -> None:
@@ -37,7 +41,8 @@ def logs(
 
     async def run(client: Client) -> None:
         stream = client.logs(app=app, instance=instance, namespace=namespace, service=service,
-                             since=since_ts, tail=tail, follow=follow)
+                             since=since_ts, tail=tail, follow=follow,
+                             stream="stderr" if stderr else None)
         async for line in stream:
             _print(line, as_json)
 

@@ -13,19 +13,24 @@ from corral.cli import (
     dev,
     events,
     history,
+    jobs,
+    kill,
     logs,
     node,
     nodes,
     ps,
     restart,
     rollback,
+    run,
     scale,
     server,
     services,
     status,
     token,
+    top,
     up,
 )
+from corral.cli import exec as exec_verb
 
 __all__ = ["app", "main"]
 
@@ -41,6 +46,9 @@ app.command()(apply.apply)
 app.command()(status.status)
 app.command()(services.services)
 app.command()(ps.ps)
+app.command()(top.top)
+app.command()(kill.kill)
+app.command(name="exec")(exec_verb.exec_command)
 app.command()(logs.logs)
 app.command()(events.events)
 app.command()(nodes.nodes)
@@ -50,6 +58,8 @@ app.command()(history.history)
 app.command()(rollback.rollback)
 app.command()(restart.restart)
 app.command()(scale.scale)
+app.command()(run.run)
+app.add_typer(jobs.app, name="jobs")
 app.add_typer(deployment.app, name="deployment")
 app.add_typer(node.app, name="node")
 app.add_typer(token.app, name="token")

@@ -12,7 +12,7 @@ import typer
 
 from corral.cli.output import EXIT_FAILED, EXIT_USAGE, die
 from corral.logconfig import setup_logging
-from corral.model.units import parse_size
+from corral.model.units import parse_duration, parse_size
 from corral.server.context import ServerConfig
 from corral.server.main import serve
 from corral.server.pki import PkiError
@@ -45,6 +45,12 @@ def server(
         False, "--insecure-http", help="Serve plain HTTP: only behind a TLS-terminating "
         "proxy or on a closed test network. Tokens then cross the network in clear and "
         "agents cannot join (they need --server and the admin token)."),
+    event_retention_count: int = typer.Option(
+        100_000, "--event-retention-count", min=0,
+        help="Events kept for replay (the newest); 0: no count limit."),
+    event_retention_age: str = typer.Option(
+        "24h", "--event-retention-age",
+        help="How long an event is kept for replay (e.g. 30m, 24h, 7d); 0: no age limit."),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Run the API server (and its controllers)."""
@@ -53,10 +59,17 @@ def server(
         max_bytes = parse_size(artifact_max_size)
     except ValueError as exc:
         die(f"--artifact-max-size: {exc}", EXIT_USAGE)
+    try:
+        retention_age = 0.0 if event_retention_age.strip() == "0" else \
+            parse_duration(event_retention_age)
+    except ValueError as exc:
+        die(f"--event-retention-age: {exc}", EXIT_USAGE)
     config = ServerConfig(data_dir=(data_dir or default_data_dir()).resolve(), host=host,
                           port=port, store_url=store, node_ttl=node_ttl,
                           artifact_max_bytes=max_bytes, insecure_http=insecure_http,
-                          advertise_addresses=tuple(advertise_address))
+                          advertise_addresses=tuple(advertise_address),
+                          event_retention_count=event_retention_count,
+                          event_retention_age=retention_age)
     try:
         asyncio.run(serve(config))
     except PkiError as exc:

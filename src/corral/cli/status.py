@@ -1,6 +1,8 @@
 """`corral status [APP] [-n NAMESPACE] [--json]`: per service desired / running / healthy,
 and the state of its latest deployment (`--json`: the whole deployment record), or what
-the service waits for before it starts (`waiting_for`, `reason`)."""
+the service waits for before it starts (`waiting_for`, `reason`). Jobs follow their
+application's services, one row each (`name (job)`): instances running and pending now,
+and the newest run (`corral jobs` tells more)."""
 
 from __future__ import annotations
 
@@ -58,7 +60,13 @@ def status(
             rows.append((a["name"], a["namespace"], a["version"], a["status"], s["service"],
                          s["desired"], s["running"], s["healthy"], s["pending"], s["failed"],
                          _deployment(s)))
-        if not a["services"]:
+        for j in a.get("jobs", []):
+            last = j["last_run"]
+            text = f"last run #{last['number']} {last['state']}" if last else "never run"
+            rows.append((a["name"], a["namespace"], a["version"], a["status"],
+                         f"{j['job']} (job)", None, j["running"], None, j["pending"], None,
+                         text))
+        if not a["services"] and not a.get("jobs"):
             rows.append((a["name"], a["namespace"], a["version"], a["status"], "", 0, 0, 0, 0, 0,
                          ""))
     table(("APP", "NAMESPACE", "VERSION", "STATUS", "SERVICE", "DESIRED", "RUNNING", "HEALTHY",

@@ -187,9 +187,20 @@ class Client:
     # instances
     async def list_instances(self, *, app: str | None = None, namespace: str | None = None,
                              node: str | None = None, service: str | None = None,
-                             all: bool = False) -> Any:
+                             all: bool = False, state: str | None = None) -> Any:
+        """`state`: comma-separated states to keep (stopped and lost ones included then)."""
         return await self.request("GET", "/v1/instances", params=_drop(
-            app=app, namespace=namespace, node=node, service=service, all=str(all).lower()))
+            app=app, namespace=namespace, node=node, service=service, all=str(all).lower(),
+            state=state))
+
+    async def instance_processes(self, instance_id: str) -> Any:
+        return await self.request("GET", f"/v1/instances/{instance_id}/processes")
+
+    async def signal(self, target: str, signal: str | int = "SIGTERM", *,
+                     namespace: str = "default") -> Any:
+        """`{signal, number, results: [{id, ..., outcome, message, pid}]}`."""
+        return await self.request("POST", "/v1/instances/signal", json={
+            "target": target, "namespace": namespace, "signal": signal})
 
     async def get_instance(self, instance_id: str) -> Any:
         return await self.request("GET", f"/v1/instances/{instance_id}")
@@ -199,10 +210,10 @@ class Client:
 
     def logs(self, *, app: str | None = None, instance: str | None = None,
              namespace: str = "default", service: str | None = None,
-             since: float | None = None, tail: int | None = None, follow: bool = False
-             ) -> AsyncIterator[Any]:
+             since: float | None = None, tail: int | None = None, follow: bool = False,
+             stream: str | None = None) -> AsyncIterator[Any]:
         params = _drop(since=since, tail=tail, follow=str(follow).lower(), service=service,
-                       namespace=namespace)
+                       namespace=namespace, stream=stream)
         path = f"/v1/instances/{instance}/logs" if instance else f"/v1/apps/{app}/logs"
         return self.stream_lines(path, params)
 
@@ -255,16 +266,48 @@ class Client:
                                   params=_drop(digest=digest, wait=_wait(wait)),
                                   timeout=_wait_timeout(wait))
 
-    # events
-    async def events(self, *, since: int = 0, topic: str | None = None,
-                     key: str | None = None, limit: int = 0) -> Any:
-        return await self.request("GET", "/v1/events", params=_drop(
-            since=since, topic=topic, key=key, limit=limit or None))
+    # jobs
+    async def list_jobs(self, *, namespace: str | None = None, app: str | None = None
+                        ) -> Any:
+        return await self.request("GET", "/v1/jobs", params=_drop(namespace=namespace,
+                                                                   app=app))
 
-    def follow_events(self, *, since: int = 0, topic: str | None = None,
-                      key: str | None = None) -> AsyncIterator[Any]:
-        return self.stream_lines("/v1/events", _drop(since=since, topic=topic, key=key,
-                                                     follow="true"))
+    async def job_runs(self, app: str, job: str, *, namespace: str = "default",
+                       limit: int | None = None) -> Any:
+        """Newest first."""
+        return await self.request("GET", f"/v1/jobs/{namespace}/{app}/{job}/runs",
+                                  params=_drop(limit=limit))
+
+    async def job_run(self, app: str, job: str, number: int, *,
+                      namespace: str = "default") -> Any:
+        return await self.request("GET", f"/v1/jobs/{namespace}/{app}/{job}/runs/{number}")
+
+    async def start_job(self, app: str, job: str, *, namespace: str = "default") -> Any:
+        """Starts a run now (cause manual); the run record."""
+        return await self.request("POST", f"/v1/jobs/{namespace}/{app}/{job}/run")
+
+    async def cancel_job_run(self, app: str, job: str, number: int, *,
+                             namespace: str = "default") -> Any:
+        return await self.request(
+            "POST", f"/v1/jobs/{namespace}/{app}/{job}/runs/{number}/cancel")
+
+    # events
+    async def events(self, *, since: int = 0, topic: str | list[str] | None = None,
+                     key: str | None = None, limit: int = 0, app: str | None = None,
+                     namespace: str | None = None) -> Any:
+        """Retained events after `since`, oldest first (`topic`: one or several)."""
+        return await self.request("GET", "/v1/events", params=_drop(
+            since=since, topic=topic or None, key=key, limit=limit or None, app=app,
+            namespace=namespace))
+
+    def follow_events(self, *, since: int = 0, topic: str | list[str] | None = None,
+                      key: str | None = None, app: str | None = None,
+                      namespace: str | None = None, limit: int = 0) -> AsyncIterator[Any]:
+        """The backlog after `since`, then live events. The stream may end with
+        `{"type": "fell-behind", "index": N}`: follow again from `since=N`."""
+        return self.stream_lines("/v1/events", _drop(
+            since=since, topic=topic or None, key=key, app=app, namespace=namespace,
+            limit=limit or None, follow="true"))
 
     # artifacts
     async def artifact_exists(self, digest: str, *, kind: str = "artifact") -> bool:

@@ -23,7 +23,7 @@ from corral.model.units import Cpu, Duration, Size
 __all__ = [
     "NAME_PATTERN", "ApplicationSpec", "HealthSpec", "IsolationSpec", "JobSpec",
     "PlacementSpec", "PortSpec", "Resources", "RestartSpec", "ServiceSpec", "TemplateSpec",
-    "UpdateSpec", "service_hash",
+    "UpdateSpec", "job_hash", "service_hash",
 ]
 
 _FORBID = ConfigDict(extra="forbid")
@@ -184,6 +184,8 @@ class JobSpec:
     concurrency: Literal["allow", "forbid", "replace"] = "forbid"
     starting_deadline: Duration | None = None
     suspend: bool = False
+    # Final runs kept per job for `corral jobs runs` (the newest run is always kept).
+    history_limit: Annotated[int, Field(ge=1, le=1000)] = 20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -209,6 +211,18 @@ def service_hash(spec: ServiceSpec) -> str:
 
     data = _non_default(dataclasses.replace(spec, instances=0, update=UpdateSpec()))
     return hashlib.sha256(dump_json(data)).hexdigest()[:16]
+
+
+def job_hash(spec: JobSpec) -> str:
+    """A stable digest of what a job's instance runs, like `service_hash`: what schedules
+    and counts its runs (schedule, retries, history_limit...) is left out."""
+    from corral.model.codec import dump_json
+
+    runs = dataclasses.replace(
+        spec, schedule=None, time_zone="UTC", after=(), retries=0, backoff=1.0,
+        timeout=None, parallelism=1, completions=1, concurrency="forbid",
+        starting_deadline=None, suspend=False, history_limit=20)
+    return hashlib.sha256(dump_json(_non_default(runs))).hexdigest()[:16]
 
 
 def _non_default(record: Any) -> dict[str, Any]:

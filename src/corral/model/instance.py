@@ -19,6 +19,11 @@ node lost -> lost (replaced elsewhere)      stop requested -> stopping -> stoppe
 `starting` after a backoff, the instance showing `failed` while it waits if the exit was a
 failure) or leaves it terminal: `exited` (code 0, no restart wanted), `failed` (no more
 attempts), `stopped` (asked to stop), `lost` (its node is gone).
+
+A job's instance (`kind` job) is never restarted by its agent: it ends `exited` (code 0)
+or `failed`, and the job controller (`server/controllers/jobs.py`) then marks it
+`stopped` itself (nothing runs any more), keeping its exit code. A retry is a new run with
+new instances.
 """
 
 from __future__ import annotations
@@ -67,7 +72,9 @@ TRANSITIONS: dict[InstanceState, frozenset[InstanceState]] = {
     S.FETCHING: frozenset({S.STARTING, S.RUNNING, S.EXITED, S.FAILED, S.STOPPING, S.STOPPED,
                            S.LOST}),
     S.STARTING: frozenset({S.RUNNING, S.EXITED, S.FAILED, S.STOPPING, S.STOPPED, S.LOST}),
-    S.RUNNING: frozenset({S.HEALTHY, S.UNHEALTHY, S.EXITED, S.STOPPING, S.STOPPED, S.LOST}),
+    # -> failed directly: a job's instance reports its end once (`exited` or `failed`).
+    S.RUNNING: frozenset({S.HEALTHY, S.UNHEALTHY, S.EXITED, S.FAILED, S.STOPPING, S.STOPPED,
+                          S.LOST}),
     S.HEALTHY: frozenset({S.UNHEALTHY, S.EXITED, S.STOPPING, S.STOPPED, S.LOST}),
     S.UNHEALTHY: frozenset({S.HEALTHY, S.EXITED, S.STARTING, S.STOPPING, S.STOPPED, S.LOST}),
     S.EXITED: frozenset({S.STARTING, S.FETCHING, S.FAILED, S.STOPPING, S.STOPPED, S.LOST}),
@@ -95,7 +102,13 @@ class Instance:
     app: str
     service: str
     kind: str = "service"  # "service" or "job"
-    slot: int = 0  # 0..instances-1: stable position, used to pick which to stop on scale-down
+    # 0..instances-1: stable position, used to pick which to stop on scale-down. A job's
+    # instance: its completion index, 0..completions-1 (CORRAL_COMPLETION_INDEX).
+    slot: int = 0
+    # A job's instance (`kind` job, `service` the job's name): the number and attempt of
+    # the run it belongs to (`model/job.py`), CORRAL_RUN and CORRAL_ATTEMPT in its env.
+    run: int = 0
+    attempt: int = 0
     version: int  # application version this instance runs
     spec_hash: str  # model.application.service_hash of what it runs
     # The service's restart generation when it was created: `corral restart` bumps the

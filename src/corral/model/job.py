@@ -101,6 +101,9 @@ class JobRun:
     exit_code: int | None = None
     reason: str = ""  # why it is in its state, for people
     instances: tuple[str, ...] = ()  # the instances it ran in (parallelism, completions)
+    # Those of `instances` that exited 0, counted towards the job's `completions` (kept
+    # here because a completed instance is stopped, and later forgotten, at once).
+    completed: tuple[str, ...] = ()
     created_at: float
     updated_at: float
     started_at: float | None = None

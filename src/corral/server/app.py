@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -23,6 +24,7 @@ from corral.server.api import (
     deployments,
     events,
     instances,
+    jobs,
     join,
     nodes,
     services,
@@ -33,9 +35,11 @@ from corral.server.api import (
 from corral.server.auth import authenticate
 from corral.server.context import ServerContext
 from corral.server.controllers import applications, drain, gc, scheduling
+from corral.server.controllers import jobs as job_controller
 from corral.server.controllers import nodes as node_controller
 from corral.server.controllers.base import Controller, run_controller
 from corral.server.errors import install_error_handlers
+from corral.server.metrics import RequestTimer
 
 __all__ = ["CONTROLLERS", "create_app"]
 
@@ -43,8 +47,15 @@ log = logging.getLogger(__name__)
 
 CONTROLLERS: tuple[Controller, ...] = (
     applications.CONTROLLER, scheduling.CONTROLLER, node_controller.CONTROLLER,
-    drain.CONTROLLER, gc.CONTROLLER,
+    drain.CONTROLLER, gc.CONTROLLER, job_controller.CONTROLLER,
 )
+
+
+def _measured(ctx: ServerContext, controller: Controller) -> Controller:
+    """The controller with its passes timed (`server/metrics.py`)."""
+    placements = (lambda: ctx.events.placements) if controller.name == "scheduling" else None
+    return dataclasses.replace(controller, reconcile=ctx.metrics.timed(
+        controller.name, controller.reconcile, placements))
 
 
 def create_app(ctx: ServerContext, *, controllers: Sequence[Controller] = CONTROLLERS
@@ -52,8 +63,10 @@ def create_app(ctx: ServerContext, *, controllers: Sequence[Controller] = CONTRO
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await ctx.hub.start()
+        await ctx.events.start()
         await node_controller.renew_all_leases(ctx)
-        tasks = [asyncio.create_task(run_controller(ctx, c), name=c.name) for c in controllers]
+        tasks = [asyncio.create_task(run_controller(ctx, _measured(ctx, c)), name=c.name)
+                 for c in controllers]
         log.info("server ready", extra={"controllers": [c.name for c in controllers]})
         try:
             yield
@@ -61,6 +74,7 @@ def create_app(ctx: ServerContext, *, controllers: Sequence[Controller] = CONTRO
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await ctx.events.stop()
             await ctx.hub.stop()
 
     # The spec is served by our own route below, behind the token like everything but
@@ -70,13 +84,15 @@ def create_app(ctx: ServerContext, *, controllers: Sequence[Controller] = CONTRO
                   openapi_url=None, docs_url=None, redoc_url=None)
     app.state.ctx = ctx
     app.state.token = ctx.config.token
+    app.add_middleware(RequestTimer, metrics=lambda: ctx.metrics)
     install_error_handlers(app)
     app.include_router(system.public)
     app.include_router(join.public)
     auth = [Depends(authenticate)]
     for module in (system, apps, versions, deployments, instances, nodes, events, artifacts,
-                   tokens, join, services):
+                   tokens, join, services, jobs):
         app.include_router(module.router, dependencies=auth)
+    app.include_router(instances.ws_router)  # websockets authenticate themselves
 
     @app.get("/openapi.json", dependencies=auth, include_in_schema=False)
     async def openapi() -> dict[str, Any]:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from corral.model.credential import NodeCredential
 from corral.secretfile import write_private
@@ -39,7 +40,7 @@ from corral.server.errors import ApiError
 
 __all__ = [
     "NODE_ACCESS", "Identity", "act_for", "authenticate", "get_identity", "hash_secret",
-    "load_or_create_token", "new_node_credential", "parse_join_token",
+    "identify", "load_or_create_token", "new_node_credential", "parse_join_token",
 ]
 
 TOKEN_FILE = "admin-token"
@@ -112,15 +113,22 @@ async def _identify(ctx: ServerContext, given: str, admin: str) -> Identity:
     raise ApiError(401, "invalid token")
 
 
-async def authenticate(request: Request) -> None:
-    """Resolve the caller into `request.state.identity`; refuse a node on a route not
-    marked `NODE_ACCESS`."""
-    header = request.headers.get("authorization", "")
+async def identify(conn: HTTPConnection) -> Identity:
+    """Who sent a request or opened a websocket, from its bearer token; ApiError (401)
+    when no valid token came. Websocket routes, which `authenticate` does not cover, call
+    it themselves."""
+    header = conn.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         raise ApiError(401, "missing bearer token: set CORRAL_TOKEN (written by `corral up`)")
-    ctx: ServerContext = request.app.state.ctx
-    identity = await _identify(ctx, given.strip(), request.app.state.token)
+    ctx: ServerContext = conn.app.state.ctx
+    return await _identify(ctx, given.strip(), conn.app.state.token)
+
+
+async def authenticate(request: Request) -> None:
+    """Resolve the caller into `request.state.identity`; refuse a node on a route not
+    marked `NODE_ACCESS`."""
+    identity = await identify(request)
     if identity.node is not None:
         route = request.scope.get("route")
         extra = getattr(route, "openapi_extra", None) or {}

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral.clock import Clock
+from corral.server.eventfeed import EventFeed
+from corral.server.metrics import ServerMetrics
 from corral.server.pki import ClusterPki
 from corral.server.records import Records
 from corral.server.watchhub import WatchHub
@@ -42,7 +44,10 @@ class ServerConfig:
     max_heartbeats_per_second: float = 50.0
     artifact_max_bytes: int = 512 * 1024 * 1024
     terminal_retention: float = 3600.0  # keep stopped/lost instances this long for `ps -a`
-    event_retention: int = 10_000  # events kept (newest)
+    event_retention_count: int = 100_000  # events kept (the newest); 0: no count limit
+    event_retention_age: float = 86_400.0  # seconds an event is kept; 0: no age limit
+    event_follower_buffer: int = 4096  # events queued per follower before it falls behind
+    event_heartbeat: float = 15.0  # seconds of quiet after which a follower gets a keepalive
     deployment_retention: int = 50  # deployments kept per service (newest)
     history_retention: int = 100_000  # store revisions kept for watches to replay
 
@@ -83,3 +88,8 @@ class ServerContext:
     new_id: Callable[[], str] = field(default=random_id)
     usage: dict[str, InstanceUsage] = field(default_factory=dict)
     pki: ClusterPki | None = None  # None: joining is off (a harness without a CA)
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)  # server/metrics.py
+    events: EventFeed = field(init=False)  # the event stream's fan-out (server/eventfeed.py)
+
+    def __post_init__(self) -> None:
+        self.events = EventFeed(self.store, buffer=self.config.event_follower_buffer)

@@ -24,6 +24,7 @@ from corral.server.api.tokens import DEFAULT_TTL, create_token
 from corral.server.app import create_app
 from corral.server.auth import load_or_create_token, parse_join_token
 from corral.server.context import ServerConfig, ServerContext
+from corral.server.metrics import ServerMetrics
 from corral.server.pki import ensure_server_cert, load_or_create_pki, server_sans
 from corral.server.records import Records
 from corral.server.watchhub import WatchHub
@@ -91,9 +92,10 @@ async def serve(config: ServerConfig) -> None:
         log.info("server certificate issued", extra={"sans": list(server_sans(
             config.host, config.advertise_addresses))})
     store_url = config.store_url or f"sqlite:///{(config.data_dir / 'corral.db').resolve()}"
-    store = await open_store(store_url)
+    metrics = ServerMetrics()
+    store = metrics.measure_store(await open_store(store_url))
     ctx = ServerContext(config=config, store=store, records=Records(store, clock),
-                        hub=WatchHub(store), clock=clock, pki=pki)
+                        hub=WatchHub(store), clock=clock, pki=pki, metrics=metrics)
     if config.insecure_http:
         log.warning("serving plain HTTP (--insecure-http): tokens cross the network in "
                     "clear, and agents cannot join")

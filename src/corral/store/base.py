@@ -13,15 +13,19 @@ Neighbours: only `server/` uses a store (agents and the CLI go through the API).
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+import logging
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 __all__ = [
-    "CompactedError", "Compare", "CompareTarget", "Delete", "EventType", "KeyValue", "Op", "Put",
-    "Store", "StoreError", "TxnResult", "WatchEvent", "compare_holds", "prefix_end",
+    "CompactedError", "Compare", "CompareTarget", "Delete", "EventType", "KeyValue", "Listener",
+    "Op", "Put", "Store", "StoreError", "TxnResult", "WatchEvent", "compare_holds",
+    "notify", "prefix_end",
 ]
+
+_log = logging.getLogger(__name__)
 
 
 class StoreError(Exception):
@@ -101,6 +105,10 @@ class WatchEvent:
     prev_kv: KeyValue | None = None
 
 
+# Called with the events of one commit (see `Store.subscribe`).
+Listener = Callable[[Sequence[WatchEvent]], None]
+
+
 @runtime_checkable
 class Store(Protocol):
     """All methods are coroutines except `watch`, which returns an async iterator."""
@@ -137,6 +145,16 @@ class Store(Protocol):
         changes), in revision order, then live ones, forever. Raises `CompactedError` (on the
         first iteration) if `start_revision` is no longer in history. Closing the iterator
         (`aclose()`) ends the watch. A slow consumer must not block writers."""
+        ...
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener` (a plain function, on the event loop) with the events of every
+        later commit: all events of one commit in one call, commits in revision order, and
+        before the call that wrote returns to its caller, so a reader that keeps what it is
+        told is never behind a write it has seen complete. No history, no compaction:
+        what a watch gives a consumer far away, this gives the server's own in-memory
+        indexes (`server/index.py`). A listener must be quick and must not raise (what it
+        raises is logged and dropped). Returns a function that unsubscribes."""
         ...
 
     async def compact(self, revision: int) -> None:
@@ -185,6 +203,16 @@ def compare_holds(compare: Compare, kv: KeyValue | None) -> bool:
         raise ValueError(f"compare on {compare.key!r}: {compare.target} needs an int")
     actual = getattr(kv, compare.target.value) if kv else 0
     return bool(order(actual, compare.value))
+
+
+def notify(listeners: Sequence[Listener], events: Sequence[WatchEvent]) -> None:
+    """Hand one commit's events to every listener; one that raises does not stop the rest
+    (nor the write, which has happened)."""
+    for listener in listeners:
+        try:
+            listener(events)
+        except Exception:
+            _log.exception("store listener %r failed", listener)
 
 
 def prefix_end(prefix: str) -> str:

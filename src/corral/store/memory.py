@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from bisect import bisect_left, insort
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from corral.store.base import (
@@ -22,12 +22,14 @@ from corral.store.base import (
     Delete,
     EventType,
     KeyValue,
+    Listener,
     Op,
     Put,
     StoreError,
     TxnResult,
     WatchEvent,
     compare_holds,
+    notify,
     prefix_end,
 )
 
@@ -60,6 +62,7 @@ class MemoryStore:
         # would need its lock re-acquired by every watcher on every commit.
         self._changed = asyncio.Event()
         self._closed = False
+        self._listeners: list[Listener] = []
 
     # reads
 
@@ -141,6 +144,15 @@ class MemoryStore:
 
     # watch
 
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
     def watch(self, prefix: str, *,
               start_revision: int = 0) -> AsyncGenerator[WatchEvent, None]:
         if start_revision < 0:
@@ -211,6 +223,7 @@ class MemoryStore:
             self._revision = revision
             self._history.extend(events)
             self._wake()
+            notify(self._listeners, events)
 
     def _put(self, op: Put, revision: int) -> WatchEvent:
         prev = self._kv.get(op.key)

@@ -10,9 +10,23 @@ are serialized without a lock and the event loop only ever waits on a future. `_
 that runs on that thread; `SqliteStore` is the loop side: it mirrors the revision, keeps a
 bounded tail of recent events and wakes watchers.
 
+Group commit: writes that queue while the worker is busy are committed together, in one
+SQLite transaction with a savepoint per write (`_Db.run_group`): each keeps its own
+revision, compares and all-or-nothing outcome, but a burst of small writes (status reports
+of a thousand agents) pays for one commit instead of a thousand, and the next group forms
+while this one runs.
+
 Durability: a write commits before its coroutine returns. With WAL and synchronous=NORMAL a
 commit survives the death of the process (kill -9) but not necessarily a power cut;
 synchronous=FULL also syncs every commit to disk and survives that too, at a cost per write.
+
+Leases: the table keeps each lease with the TTL and expiry it was created with; the TTL and
+expiry that later grants and keepalives set live in memory on the loop side, so a
+keepalive or a refreshing grant (each node heartbeat does both) and an `expire_leases`
+with nothing due never wait for the worker thread behind other writes. After a restart a
+lease expires at its creation's expiry unless granted again: the server renews every
+node's lease when it starts (`controllers/nodes.renew_all_leases`), as Nomad resets its
+heartbeat timers on election.
 
 Watchers: a watcher is a cursor `(revision, seq)` into history. When caught up it reads the
 in-memory tail of the last `tail_events` events; when it has fallen behind the tail, or
@@ -40,12 +54,14 @@ from corral.store.base import (
     Delete,
     EventType,
     KeyValue,
+    Listener,
     Op,
     Put,
     StoreError,
     TxnResult,
     WatchEvent,
     compare_holds,
+    notify,
     prefix_end,
 )
 
@@ -56,6 +72,8 @@ Position = tuple[int, int]  # (revision, seq): seq orders the events of one revi
 _Entry = tuple[int, int, WatchEvent]
 
 _BATCH = 256  # history rows per read when a watcher replays from the table
+_IN_CHUNK = 500  # keys per "key IN (...)" query, well below SQLite's variable limit
+_GROUP = 1000  # writes committed together at most (group commit)
 _LOCK_TIMEOUT = 1.0  # seconds
 _SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -168,6 +186,7 @@ class _Db:
             row = self._conn.execute("SELECT revision, compact_revision FROM meta").fetchone()
             self.revision: int = row[0]
             self.compact_revision: int = row[1]
+            self._grouped = False  # inside run_group: jobs write in savepoints
         except sqlite3.Error as exc:
             self._conn.close()
             hint = " (is another corral server using it?)" if "locked" in str(exc) else ""
@@ -211,12 +230,52 @@ class _Db:
 
     # writes
 
+    def run_group(self, jobs: Sequence[Callable[[], tuple[Any, _Commit | None]]]
+                  ) -> list[tuple[bool, Any, _Commit | None]]:
+        """Group commit: run write jobs in one SQLite transaction, each in a savepoint of its
+        own, so a job that fails leaves no trace and the others still commit. Returns per
+        job (ok, result or exception, commit). If the transaction itself cannot commit,
+        raises, and nothing of any job stays."""
+        start, start_compact = self.revision, self.compact_revision
+        outcomes: list[tuple[bool, Any, _Commit | None]] = []
+        self._conn.execute("BEGIN IMMEDIATE")
+        self._grouped = True
+        try:
+            for job in jobs:
+                try:
+                    result, commit = job()
+                    outcomes.append((True, result, commit))
+                except Exception as exc:
+                    outcomes.append((False, exc, None))
+            if self.revision != start:
+                self._conn.execute("UPDATE meta SET revision = ?", (self.revision,))
+            self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            self.revision, self.compact_revision = start, start_compact
+            raise
+        finally:
+            self._grouped = False
+        return outcomes
+
     @contextmanager
     def _writing(self) -> Iterator[list[_Entry]]:
-        """One write transaction; yields the list to record events in. On any error nothing
-        of it stays, in the file or in `revision`."""
+        """One write transaction (a savepoint inside a group commit); yields the list to
+        record events in. On any error nothing of it stays, in the file or in `revision`."""
         start = self.revision
         entries: list[_Entry] = []
+        if self._grouped:
+            self._conn.execute("SAVEPOINT job")
+            try:
+                yield entries
+                self._conn.execute("RELEASE job")
+            except BaseException:
+                self._conn.execute("ROLLBACK TO job")
+                self._conn.execute("RELEASE job")
+                self.revision = start
+                raise
+            return
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield entries
@@ -247,32 +306,62 @@ class _Db:
     def _apply(self, ops: Sequence[Op], entries: list[_Entry]) -> None:
         revision = self.revision + 1
         before = len(entries)
+        puts: list[Put] = []
         for op in ops:
             if isinstance(op, Put):
-                self._put(op, revision, entries)
-            elif op.prefix:
+                puts.append(op)
+                continue
+            if puts:  # writes stay in op order: the puts before this delete first
+                self._put_many(puts, revision, entries)
+                puts = []
+            if op.prefix:
                 self._delete_where(*_prefix_clause(op.key), revision, entries)
             elif not op.key:
                 raise ValueError("cannot delete the empty key")
             else:
                 self._delete_where("key = ?", (op.key,), revision, entries)
+        if puts:
+            self._put_many(puts, revision, entries)
         if len(entries) > before:
             self.revision = revision
 
-    def _put(self, op: Put, revision: int, entries: list[_Entry]) -> None:
-        if not op.key:
-            raise ValueError("cannot put the empty key")
-        if op.lease and self._conn.execute("SELECT 1 FROM leases WHERE id = ?",
-                                           (op.lease,)).fetchone() is None:
-            raise StoreError(f"put {op.key!r}: lease {op.lease} does not exist")
-        prev = self.get(op.key)
-        kv = KeyValue(key=op.key, value=op.value, mod_revision=revision, lease=op.lease,
-                      create_revision=prev.create_revision if prev else revision,
-                      version=prev.version + 1 if prev else 1)
-        self._conn.execute(f"INSERT OR REPLACE INTO kv ({_KV_COLUMNS}) VALUES (?,?,?,?,?,?)",
-                           (kv.key, kv.value, kv.create_revision, revision, kv.version,
-                            kv.lease))
-        self._record(entries, WatchEvent(type=EventType.PUT, kv=kv, prev_kv=prev))
+    def _put_many(self, ops: Sequence[Put], revision: int, entries: list[_Entry]) -> None:
+        """A run of puts: their previous values read with one query per 500 keys and
+        written with one `executemany` per table, rather than three statements each (a
+        transaction of 20,000 placements spent most of its time in per-row calls)."""
+        for op in ops:
+            if not op.key:
+                raise ValueError("cannot put the empty key")
+        for lease in dict.fromkeys(op.lease for op in ops if op.lease):
+            if self._conn.execute("SELECT 1 FROM leases WHERE id = ?",
+                                  (lease,)).fetchone() is None:
+                key = next(op.key for op in ops if op.lease == lease)
+                raise StoreError(f"put {key!r}: lease {lease} does not exist")
+        names = list(dict.fromkeys(op.key for op in ops))
+        known: dict[str, KeyValue] = {}
+        for start in range(0, len(names), _IN_CHUNK):
+            part = names[start:start + _IN_CHUNK]
+            marks = ",".join("?" * len(part))
+            for row in self._conn.execute(
+                    f"SELECT {_KV_COLUMNS} FROM kv WHERE key IN ({marks})", part):
+                known[row[0]] = _kv(row)
+        rows: dict[str, tuple[Any, ...]] = {}
+        history: list[tuple[Any, ...]] = []
+        for op in ops:
+            prev = known.get(op.key)
+            kv = KeyValue(key=op.key, value=op.value, mod_revision=revision, lease=op.lease,
+                          create_revision=prev.create_revision if prev else revision,
+                          version=prev.version + 1 if prev else 1)
+            known[op.key] = kv  # a second put of the key in this transaction follows it
+            rows[op.key] = (kv.key, kv.value, kv.create_revision, revision, kv.version,
+                            kv.lease)
+            history.append(self._history_row(entries, WatchEvent(
+                type=EventType.PUT, kv=kv, prev_kv=prev)))
+        self._conn.executemany(
+            f"INSERT OR REPLACE INTO kv ({_KV_COLUMNS}) VALUES (?,?,?,?,?,?)", rows.values())
+        self._conn.executemany(
+            f"INSERT INTO history ({_HISTORY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            history)
 
     def _delete_where(self, where: str, args: tuple[Any, ...], revision: int,
                       entries: list[_Entry]) -> None:
@@ -288,15 +377,20 @@ class _Db:
             self._record(entries, WatchEvent(type=EventType.DELETE, kv=gone, prev_kv=prev))
 
     def _record(self, entries: list[_Entry], event: WatchEvent) -> None:
+        self._conn.execute(
+            f"INSERT INTO history ({_HISTORY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            self._history_row(entries, event))
+
+    @staticmethod
+    def _history_row(entries: list[_Entry], event: WatchEvent) -> tuple[Any, ...]:
+        """Give the event its place (revision, seq) in `entries`; its `history` row."""
         revision, seq = _record_position(entries, event.kv.mod_revision)
         kv, p = event.kv, event.prev_kv
         prev = (p.value, p.create_revision, p.mod_revision, p.version, p.lease) if p else (
             None, None, None, None, None)
-        self._conn.execute(
-            f"INSERT INTO history ({_HISTORY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (revision, seq, kv.key, event.type.value, kv.value, kv.create_revision,
-             kv.version, kv.lease, *prev))
         entries.append((revision, seq, event))
+        return (revision, seq, kv.key, event.type.value, kv.value, kv.create_revision,
+                kv.version, kv.lease, *prev)
 
     def compact(self, revision: int) -> tuple[None, _Commit | None]:
         if revision > self.revision:
@@ -319,25 +413,21 @@ class _Db:
                 (lease_id, ttl, now + ttl))
         return None, None
 
-    def lease_keepalive(self, lease_id: int, now: float) -> tuple[bool, None]:
-        with self._writing():
-            cursor = self._conn.execute(
-                "UPDATE leases SET expires_at = ? + ttl WHERE id = ? AND expires_at > ?",
-                (now, lease_id, now))
-        return cursor.rowcount == 1, None
+    def leases(self) -> dict[int, tuple[float, float]]:
+        """id -> (ttl, expiry of its last grant), read once at open."""
+        return {row[0]: (row[1], row[2])
+                for row in self._conn.execute("SELECT id, ttl, expires_at FROM leases")}
 
     def lease_revoke(self, lease_id: int) -> tuple[int, _Commit | None]:
         with self._writing() as entries:
             self._revoke(lease_id, entries)
         return self.revision, self._commit(entries)
 
-    def expire_leases(self, now: float) -> tuple[list[int], _Commit | None]:
+    def revoke_leases(self, lease_ids: Sequence[int]) -> tuple[None, _Commit | None]:
         with self._writing() as entries:
-            expired = [row[0] for row in self._conn.execute(
-                "SELECT id FROM leases WHERE expires_at <= ? ORDER BY id", (now,))]
-            for lease_id in expired:
+            for lease_id in lease_ids:
                 self._revoke(lease_id, entries)
-        return expired, self._commit(entries)
+        return None, self._commit(entries)
 
     def _revoke(self, lease_id: int, entries: list[_Entry]) -> None:
         """Each revoked lease that held keys takes a revision of its own, as in etcd."""
@@ -353,8 +443,11 @@ class _Db:
 class SqliteStore:
     """A `Store` in one SQLite file. Build it with `await SqliteStore.open(path)`."""
 
-    def __init__(self, db: _Db, executor: ThreadPoolExecutor, *, tail_events: int) -> None:
+    def __init__(self, db: _Db, executor: ThreadPoolExecutor, *, tail_events: int,
+                 leases: dict[int, tuple[float, float]]) -> None:
         self._db = db
+        # lease id -> [ttl, expires_at]: the live expiry of every lease (see the docstring)
+        self._leases: dict[int, list[float]] = {i: [t, e] for i, (t, e) in leases.items()}
         self._executor = executor
         self._loop = asyncio.get_running_loop()
         self._revision = db.revision
@@ -365,6 +458,10 @@ class SqliteStore:
         # Replaced on every commit; waiters hold the old one, which is set.
         self._changed = asyncio.Event()
         self._closed = False
+        self._listeners: list[Listener] = []
+        # Group commit: writes wait here while the worker runs a group (`_Db.run_group`).
+        self._queued: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._grouping = False
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str], *,
@@ -378,12 +475,13 @@ class SqliteStore:
             raise ValueError(f"tail_events must be >= 0, not {tail_events}")
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corral-sqlite")
         try:
-            db = await asyncio.get_running_loop().run_in_executor(
-                executor, _Db, Path(path), synchronous)
+            loop = asyncio.get_running_loop()
+            db = await loop.run_in_executor(executor, _Db, Path(path), synchronous)
+            leases = await loop.run_in_executor(executor, db.leases)
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(db, executor, tail_events=tail_events)
+        return cls(db, executor, tail_events=tail_events, leases=leases)
 
     # reads
 
@@ -424,18 +522,48 @@ class SqliteStore:
             raise ValueError(f"lease ids are positive (0 means no lease), not {lease_id}")
         if ttl <= 0:
             raise ValueError(f"lease ttl must be > 0, not {ttl}")
+        lease = self._leases.get(lease_id)
+        if lease is not None:
+            self._check_open()
+            # A refresh, even with a new TTL: in memory only (see the module docstring).
+            lease[0], lease[1] = ttl, now + ttl
+            return
         await self._write(partial(self._db.lease_grant, lease_id, ttl, now))
+        self._leases[lease_id] = [ttl, now + ttl]
 
     async def lease_keepalive(self, lease_id: int, *, now: float) -> bool:
-        return await self._write(partial(self._db.lease_keepalive, lease_id, now))
+        self._check_open()
+        lease = self._leases.get(lease_id)
+        if lease is None or lease[1] <= now:
+            return False
+        lease[1] = now + lease[0]
+        return True
 
     async def lease_revoke(self, lease_id: int) -> int:
-        return await self._write(partial(self._db.lease_revoke, lease_id))
+        try:
+            return await self._write(partial(self._db.lease_revoke, lease_id))
+        finally:
+            self._leases.pop(lease_id, None)
 
     async def expire_leases(self, *, now: float) -> list[int]:
-        return await self._write(partial(self._db.expire_leases, now))
+        self._check_open()
+        due = sorted(i for i, (_, expires) in self._leases.items() if expires <= now)
+        if due:
+            await self._write(partial(self._db.revoke_leases, due))
+            for lease_id in due:
+                self._leases.pop(lease_id, None)
+        return due
 
     # watch
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
 
     def watch(self, prefix: str, *,
               start_revision: int = 0) -> AsyncGenerator[WatchEvent, None]:
@@ -488,6 +616,10 @@ class SqliteStore:
             return
         self._closed = True
         self._wake()
+        for _, future in self._queued:
+            if not future.done():
+                future.set_exception(StoreError("store is closed"))
+        self._queued = []
         try:
             await self._loop.run_in_executor(self._executor, self._db.close)
         finally:
@@ -504,16 +636,48 @@ class SqliteStore:
         return await self._loop.run_in_executor(self._executor, job)
 
     async def _write(self, job: Callable[[], tuple[T, _Commit | None]]) -> T:
-        def run_and_announce() -> T:
-            result, commit = job()
-            if commit is not None:
-                # Announced from the worker thread, before the caller's future resolves, so
-                # the loop side is up to date when the caller resumes, and even if the
-                # caller was cancelled meanwhile.
-                self._loop.call_soon_threadsafe(self._on_commit, commit)
-            return result
+        """Queue a write; writes queued while a group runs go together in the next one."""
+        self._check_open()
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._queued.append((job, future))
+        self._kick()
+        return await future
 
-        return await self._run(run_and_announce)
+    def _kick(self) -> None:
+        if self._grouping or not self._queued or self._closed:
+            return
+        self._grouping = True
+        group, self._queued = self._queued[:_GROUP], self._queued[_GROUP:]
+        running = self._loop.run_in_executor(self._executor, self._db.run_group,
+                                             [job for job, _ in group])
+        running.add_done_callback(partial(self._group_done, group))
+
+    def _group_done(self, group: list[tuple[Callable[[], Any], asyncio.Future[Any]]],
+                    running: asyncio.Future[list[tuple[bool, Any, _Commit | None]]]) -> None:
+        self._grouping = False
+        try:
+            exc = running.exception()
+        except asyncio.CancelledError as cancelled:
+            exc = cancelled
+        if exc is not None:
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            outcomes = running.result()
+            # Every commit is announced (in order) before any writer resumes, so the loop
+            # side is up to date when a caller resumes, even one cancelled meanwhile.
+            for _, _, commit in outcomes:
+                if commit is not None:
+                    self._on_commit(commit)
+            for (_, future), (ok, value, _) in zip(group, outcomes, strict=True):
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+        self._kick()
 
     def _on_commit(self, commit: _Commit) -> None:
         self._revision = commit.revision
@@ -525,6 +689,8 @@ class SqliteStore:
             del self._tail[:len(self._tail) - self._tail_events]
         self._tail_from = _position(self._tail[0]) if self._tail else (self._revision + 1, 0)
         self._wake()
+        if self._listeners:
+            notify(self._listeners, [entry[2] for entry in commit.entries])
 
     def _wake(self) -> None:
         self._changed.set()

@@ -25,6 +25,7 @@ from corral.server.app import create_app
 from corral.server.context import ServerConfig, ServerContext
 from corral.server.controllers.applications import reconcile_applications
 from corral.server.controllers.drain import reconcile_drains
+from corral.server.controllers.jobs import reconcile_jobs
 from corral.server.controllers.nodes import reconcile_nodes
 from corral.server.controllers.scheduling import reconcile_scheduling
 from corral.server.pki import load_or_create_pki
@@ -55,12 +56,13 @@ class ServerHarness:
     clock: FakeClock
 
     async def reconcile(self, rounds: int = 3) -> None:
-        """Run the application, scheduling and node controllers, a few rounds (each round
-        can create work for the next)."""
+        """Run the application, job, scheduling and node controllers, a few rounds (each
+        round can create work for the next)."""
         for _ in range(rounds):
             await reconcile_nodes(self.ctx)
             await reconcile_drains(self.ctx)
             await reconcile_applications(self.ctx)
+            await reconcile_jobs(self.ctx)
             await reconcile_scheduling(self.ctx)
 
     def anonymous(self) -> Client:

@@ -50,14 +50,14 @@ def make_plain_driver(*, cgroup_parent: str) -> Driver:
 
 class TestProcess(DriverConformance):
     factory = "tests.agent.drivers.test_process:make_driver"
-    expected = Capabilities(signals=True, exec=False, fs_isolation=False,
+    expected = Capabilities(signals=True, exec=True, fs_isolation=False,
                             network_isolation=False, oom_detection=True, resource_limits=True,
                             kills_all_processes=True)
 
 
 class TestProcessWithoutCgroups(DriverConformance):
     factory = "tests.agent.drivers.test_process:make_plain_driver"
-    expected = Capabilities(signals=True, exec=False, fs_isolation=False,
+    expected = Capabilities(signals=True, exec=True, fs_isolation=False,
                             network_isolation=False, oom_detection=False,
                             resource_limits=False, kills_all_processes=False)
     needs_root = False

@@ -38,7 +38,7 @@ def _needs_bwrap() -> None:
 
 class TestSandbox(DriverConformance):
     factory = "tests.agent.drivers.test_sandbox:make_driver"
-    expected = Capabilities(signals=True, exec=False, fs_isolation=True,
+    expected = Capabilities(signals=True, exec=True, fs_isolation=True,
                             network_isolation=True, oom_detection=True, resource_limits=True,
                             kills_all_processes=True)
     inside_task_dir = "/task"

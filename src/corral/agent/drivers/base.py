@@ -42,7 +42,7 @@ class DriverError(Exception):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Capabilities:
     signals: bool
-    exec: bool
+    exec: bool  # can run a command inside an instance (`exec_command`: health checks, exec)
     fs_isolation: bool
     network_isolation: bool
     oom_detection: bool

@@ -93,7 +93,7 @@ class ProcessDriver(SupervisedDriver):
         if self._setpriv is None:
             notes.append("no_new_privileges is not set and isolation.user is refused "
                          "(setpriv, from util-linux, is not installed)")
-        return Capabilities(signals=True, exec=False, fs_isolation=False,
+        return Capabilities(signals=True, exec=True, fs_isolation=False,
                             network_isolation=False, oom_detection=limited,
                             resource_limits=limited, kills_all_processes=limited,
                             notes="; ".join(notes))

@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from corral.agent.cgroups import Cgroup, CgroupError, CgroupRoot, NoCgroups, detect
 from corral.agent.drivers.base import (
     Capabilities,
@@ -99,7 +101,7 @@ class IsolatedRuntime:
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(signals=True, exec=False, fs_isolation=True,
+        return Capabilities(signals=True, exec=True, fs_isolation=True,
                             network_isolation=True, oom_detection=True,
                             resource_limits=True, kills_all_processes=True,
                             notes=self._unavailable or "")
@@ -314,6 +316,24 @@ class SupervisedDriver:
         await self._release(handle)
         if state_dir is not None and (shim_pid is None or not shim_alive(state_dir)):
             clear_state(state_dir)
+
+    def pids(self, handle: TaskHandle) -> list[int]:
+        """Every process of the running instance `handle`, sorted (`corral ps --processes`):
+        its cgroup's members (the runtime's helpers included), or without cgroups the main
+        process and its descendants (a daemonised child is not one any more)."""
+        cgroup = self._cgroup_for(handle)
+        if cgroup is not None:
+            try:
+                return sorted(cgroup.pids())
+            except (CgroupError, OSError):
+                return []
+        if not self._main_alive(handle):
+            return []
+        try:
+            children = psutil.Process(handle.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+        return sorted({handle.pid, *(c.pid for c in children)})
 
     def exec_command(self, handle: TaskHandle, command: Sequence[str]) -> Command:
         """How to run `command` inside the running instance `handle` (a health check's

@@ -9,6 +9,8 @@
   has `waiting_for` (their names) and `reason` ("waiting for dependencies: cache (0/1
   healthy)").
 - `GET /v1/apps/{name}?namespace=default` one application, its services and instances.
+  Both views have `jobs`: per job, its `running` and `pending` instances and `last_run`
+  (`services` counts services' instances only).
 - `GET /v1/apps/{name}/versions/{version}` the spec of one version (agents fetch it; a
   node credential only for a version one of its instances runs).
 - `DELETE /v1/apps/{name}` marks it deleting; controllers stop every instance, then remove
@@ -30,6 +32,7 @@ from corral.model.application import ApplicationSpec
 from corral.model.codec import to_data
 from corral.model.deployment import Deployment
 from corral.model.instance import DesiredState, Instance, InstanceState
+from corral.model.job import JobState
 from corral.server import keys
 from corral.server.api.artifacts import ArtifactKind, recorded_kind, serves_as
 from corral.server.api.deployments import deployment_view
@@ -127,6 +130,7 @@ def _service_rows(app: Application, instances: list[Instance], deployments: list
     for d in sorted(deployments, key=lambda d: (d.version, d.generation, d.created_at)):
         latest[d.service] = d
     rows = []
+    instances = [i for i in instances if i.kind != "job"]
     names = sorted(set(app.spec.services) | {i.service for i in instances})
     for svc in names:
         mine = [i for i in instances if i.service == svc]
@@ -151,11 +155,30 @@ def _service_rows(app: Application, instances: list[Instance], deployments: list
     return rows
 
 
+def _job_rows(app: Application, instances: list[Instance], states: list[JobState]
+              ) -> list[dict[str, Any]]:
+    """Per job: its instances now (running, pending) and its newest run."""
+    last = {s.job: s.last_run for s in states}
+    rows = []
+    for name in sorted(set(app.spec.jobs) | {i.service for i in instances if i.kind == "job"}):
+        mine = [i for i in instances if i.kind == "job" and i.service == name]
+        run = last.get(name)
+        rows.append({
+            "job": name,
+            "running": sum(1 for i in mine if i.state == InstanceState.RUNNING),
+            "pending": sum(1 for i in mine if i.state == InstanceState.PENDING),
+            "last_run": to_data(run) if run is not None else None,
+        })
+    return rows
+
+
 def _app_view(app: Application, instances: list[Instance], deployments: list[Deployment],
-              now: float) -> dict[str, Any]:
+              now: float, states: list[JobState] | None = None) -> dict[str, Any]:
+    """`jobs`: per job, its instances now and its newest run (`GET /v1/jobs` has more)."""
     return {"name": app.name, "namespace": app.namespace, "version": app.version,
             "status": app.status, "created_at": app.created_at, "updated_at": app.updated_at,
-            "services": _service_rows(app, instances, deployments, now)}
+            "services": _service_rows(app, instances, deployments, now),
+            "jobs": _job_rows(app, instances, states or [])}
 
 
 @router.get("")
@@ -163,13 +186,15 @@ async def list_apps(ctx: Ctx, namespace: str | None = None) -> list[dict[str, An
     apps, _ = await ctx.records.scan(Application, keys.APPS)
     instances = await select_instances(ctx, namespace=namespace)
     deployments, _ = await ctx.records.scan(Deployment, keys.DEPLOYMENTS)
+    states, _ = await ctx.records.scan(JobState, keys.JOBS)
     now = ctx.clock.now()
 
     def mine(a: Application, things: list[Any]) -> list[Any]:
         return [t for t in things if t.app == a.name and t.namespace == a.namespace]
 
     return [_app_view(a.record, mine(a.record, instances),
-                      mine(a.record, [d.record for d in deployments]), now)
+                      mine(a.record, [d.record for d in deployments]), now,
+                      mine(a.record, [s.record for s in states]))
             for a in apps if namespace is None or a.record.namespace == namespace]
 
 
@@ -178,7 +203,9 @@ async def get_app(name: str, ctx: Ctx, namespace: str = "default") -> dict[str, 
     app = await _get_app(ctx, name, namespace)
     instances = await select_instances(ctx, namespace=namespace, app=name)
     deployments, _ = await ctx.records.scan(Deployment, keys.app_deployments(namespace, name))
-    view = _app_view(app, instances, [d.record for d in deployments], ctx.clock.now())
+    states, _ = await ctx.records.scan(JobState, keys.app_job_states(namespace, name))
+    view = _app_view(app, instances, [d.record for d in deployments], ctx.clock.now(),
+                     [s.record for s in states])
     view["spec"] = to_data(app.spec)
     view["instances"] = [instance_view(ctx, i) for i in instances]
     return view
@@ -227,7 +254,10 @@ async def app_logs(name: str, ctx: Ctx, namespace: str = "default",
                    tail: Annotated[int | None, Query(ge=0)] = None, follow: bool = False,
                    stream: str | None = None) -> StreamingResponse:
     await _get_app(ctx, name, namespace)
-    instances = await select_instances(ctx, namespace=namespace, app=name, service=service,
-                                       include_terminal=True)
-    return await stream_logs(ctx, instances, since=since, tail=tail, follow=follow,
-                             stream=stream)
+    async def matching() -> list[Instance]:
+        return await select_instances(ctx, namespace=namespace, app=name, service=service,
+                                      include_terminal=True)
+
+    # `refresh`: a follow also streams the instances a rollout adds while it runs.
+    return await stream_logs(ctx, await matching(), since=since, tail=tail, follow=follow,
+                             stream=stream, refresh=matching)

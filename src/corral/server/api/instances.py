@@ -1,14 +1,25 @@
 """Instances: the cluster-wide process table, status reports from agents, and logs.
 
-- `GET /v1/instances?app=&namespace=&node=&service=&all=false` every instance (terminal ones
-  only with `all`), sorted by app, service, slot.
+- `GET /v1/instances?app=&namespace=&node=&service=&state=&all=false` every instance
+  (terminal ones only with `all`, or when `state` names them), sorted by app, service,
+  slot. `state`: comma-separated states to keep (400 for an unknown one).
 - `GET /v1/instances/{id}` one instance.
 - `PUT /v1/instances/{id}/status` an agent reports what happened; the server checks the
   transition against the state machine in `model/instance.py` and writes it with an event.
 - `GET /v1/instances/{id}/logs?since=&tail=&follow=` proxied to the agent that ran it.
+- `GET /v1/instances/{id}/processes` the processes in its cgroup, from its agent:
+  `{instance, node, app, service, pid, processes: [{pid, ppid, user, cpu, rss, command}]}`.
+  409 when it does not run, 502 when its node cannot be reached.
+- `POST /v1/instances/signal` body `{"target", "namespace": "default", "signal": "SIGTERM"}`
+  (`target`: ID, APP, APP/SERVICE or APP/SERVICE/ID; `signal`: a name or a number) ->
+  `{signal, results: [{id, app, service, node, outcome, message, pid}]}`, `outcome` one of
+  `delivered`, `not running`, `node unreachable` (`server/remote.py`). The desired state
+  does not change: the restart policy decides what follows a death.
+- `WS /v1/instances/{id}/exec` `corral exec`, relayed to the agent (`server/exec.py`).
 
 A node credential may list its own node's instances (`?node=` its name) and report status
-for instances assigned to it; everything else needs the admin token.
+for instances assigned to it; everything else needs the admin token (the exec websocket
+checks it itself: `authenticate` covers HTTP routes only).
 """
 
 from __future__ import annotations
@@ -16,10 +27,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, WebSocket
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from corral.agent.drivers.base import signal_name
+from corral.model.app import Application
 from corral.model.codec import to_data
 from corral.model.instance import TERMINAL_STATES, Instance, InstanceState, can_transition
 from corral.server import keys
@@ -27,11 +40,20 @@ from corral.server.api.deps import get_ctx
 from corral.server.auth import NODE_ACCESS, Identity, act_for, get_identity
 from corral.server.context import ServerContext
 from corral.server.errors import ApiError
+from corral.server.exec import relay_exec
 from corral.server.logs import stream_logs
+from corral.server.remote import (
+    instance_processes,
+    parse_signal_arg,
+    resolve_target,
+    signal_instances,
+)
 
-__all__ = ["instance_view", "node_versions", "router", "select_instances"]
+__all__ = ["instance_view", "node_versions", "router", "select_instances", "ws_router"]
 
 router = APIRouter(prefix="/v1/instances", tags=["instances"])
+# Websockets: outside `authenticate` (an HTTP dependency); `relay_exec` checks the caller.
+ws_router = APIRouter(prefix="/v1/instances", tags=["instances"])
 Ctx = Annotated[ServerContext, Depends(get_ctx)]
 Caller = Annotated[Identity, Depends(get_identity)]
 
@@ -85,14 +107,50 @@ async def node_versions(ctx: ServerContext, node: str) -> set[tuple[str, str, in
     return {(i.namespace, i.app, i.version) for i in found}
 
 
+def parse_states(text: str | None) -> frozenset[InstanceState] | None:
+    """`running,healthy` -> those states (None: no filter); 400 for an unknown one."""
+    if text is None or not text.strip():
+        return None
+    states = set()
+    for part in text.split(","):
+        try:
+            states.add(InstanceState(part.strip().lower()))
+        except ValueError:
+            known = ", ".join(s.value for s in InstanceState)
+            raise ApiError(400, f"unknown state {part.strip()!r}; states: {known}") from None
+    return frozenset(states)
+
+
 @router.get("", openapi_extra=NODE_ACCESS)
 async def list_instances(ctx: Ctx, caller: Caller, app: str | None = None,
                          namespace: str | None = None, service: str | None = None,
-                         node: str | None = None, all: bool = False) -> list[dict[str, Any]]:
+                         node: str | None = None, state: str | None = None,
+                         all: bool = False) -> list[dict[str, Any]]:
     act_for(caller, node)
-    found = await select_instances(ctx, namespace=namespace, app=app, service=service,
-                                   node=node, include_terminal=all)
-    return [instance_view(ctx, i) for i in found]
+    states = parse_states(state)
+    found = await select_instances(
+        ctx, namespace=namespace, app=app, service=service, node=node,
+        include_terminal=all or (states is not None and bool(states & TERMINAL_STATES)))
+    return [instance_view(ctx, i) for i in found if states is None or i.state in states]
+
+
+class SignalRequest(BaseModel):
+    target: str
+    namespace: str = "default"
+    signal: str | int = "SIGTERM"
+
+
+@router.post("/signal")
+async def signal(body: SignalRequest, ctx: Ctx) -> dict[str, Any]:
+    sig = parse_signal_arg(body.signal)
+    everything = await select_instances(ctx, include_terminal=True)
+    apps = {i.record.name for i in (await ctx.records.scan(Application, keys.APPS))[0]
+            if i.record.namespace == body.namespace}
+    targets = resolve_target(body.target, namespace=body.namespace, instances=everything,
+                             apps=apps)
+    results = await signal_instances(ctx, targets, sig)
+    return {"signal": signal_name(sig), "number": sig,
+            "results": [r.to_data() for r in results]}
 
 
 async def find_instance(ctx: ServerContext, instance_id: str) -> Instance:
@@ -162,3 +220,13 @@ async def instance_logs(instance_id: str, ctx: Ctx, since: float | None = None,
                         follow: bool = False, stream: str | None = None) -> StreamingResponse:
     inst = await find_instance(ctx, instance_id)
     return await stream_logs(ctx, [inst], since=since, tail=tail, follow=follow, stream=stream)
+
+
+@router.get("/{instance_id}/processes")
+async def processes(instance_id: str, ctx: Ctx) -> dict[str, Any]:
+    return await instance_processes(ctx, await find_instance(ctx, instance_id))
+
+
+@ws_router.websocket("/{instance_id}/exec")
+async def exec_websocket(websocket: WebSocket, instance_id: str) -> None:
+    await relay_exec(websocket.app.state.ctx, websocket, instance_id)

@@ -2,7 +2,7 @@
 
 - `GET /healthz` (no token: load balancers and `corral up` probe it) -> `{"ok": true}`.
 - `GET /v1/status` server version, store revision, counts.
-- `GET /metrics` Prometheus text format: nodes by state, instances by state, applications.
+- `GET /metrics` Prometheus text format: the series `server/metrics.py` lists.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from collections import Counter
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from corral import __version__
 from corral.model.app import Application
@@ -48,16 +49,6 @@ async def status(ctx: Ctx) -> dict[str, Any]:
             "nodes": dict(nodes), "instances": dict(instances), "applications": apps}
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(ctx: Ctx) -> str:
-    nodes, instances, apps = await _counts(ctx)
-    lines = ["# HELP corral_nodes Nodes by state.", "# TYPE corral_nodes gauge"]
-    lines += [f'corral_nodes{{state="{s}"}} {n}' for s, n in sorted(nodes.items())]
-    lines += ["# HELP corral_instances Instances by state.", "# TYPE corral_instances gauge"]
-    lines += [f'corral_instances{{state="{s}"}} {n}' for s, n in sorted(instances.items())]
-    lines += ["# HELP corral_applications Applications.", "# TYPE corral_applications gauge",
-              f"corral_applications {apps}",
-              "# HELP corral_store_revision Current store revision.",
-              "# TYPE corral_store_revision gauge",
-              f"corral_store_revision {await ctx.store.revision()}"]
-    return "\n".join(lines) + "\n"
+@router.get("/metrics", response_class=Response)
+async def metrics(ctx: Ctx) -> Response:
+    return Response(await ctx.metrics.render(ctx), media_type=CONTENT_TYPE_LATEST)

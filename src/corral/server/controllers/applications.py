@@ -8,7 +8,9 @@ scheduler places them), stop requests (never-placed instances become `stopped` a
 the deployment record with its events. Scaling alone never replaces an instance:
 `instances` is not part of the spec hash. An application being deleted has all its
 instances stopped and running deployments cancelled; once no instance is left, its record,
-versions and deployments are removed.
+versions, deployments, job states and runs are removed (the job controller cancels the
+active runs first). Instances of kind `job` are the job controller's: the active reconcile
+leaves them alone.
 
 `depends_on` (`server/dependencies.py`): a service that has not started gets no instance
 until its dependencies are ready (the application record keeps which services wait, so an
@@ -38,6 +40,7 @@ from corral.model.instance import (
     InstanceId,
     InstanceState,
 )
+from corral.model.job import JobRun
 from corral.server import keys
 from corral.server.context import ServerContext
 from corral.server.controllers.base import Controller
@@ -150,9 +153,12 @@ def _payload(dep: Deployment) -> dict[str, object]:
 
 
 def _reconcile_deleting(txn: Txn, app: Versioned[Application], items: list[Versioned[Instance]],
-                        deployments: list[Versioned[Deployment]], now: float) -> None:
+                        deployments: list[Versioned[Deployment]], now: float, *,
+                        active_runs: int = 0) -> None:
+    """`active_runs`: job runs the job controller has not cancelled yet; the application
+    and its job records stay until it has (so every run ends recorded)."""
     record = app.record
-    remaining = 0
+    remaining = active_runs
     held = held_for_dependents(record.spec.services, [i.record for i in items])
     for item in items:
         inst = item.record
@@ -176,6 +182,8 @@ def _reconcile_deleting(txn: Txn, app: Versioned[Application], items: list[Versi
         txn.delete(keys.app(record.namespace, record.name), expect=app.mod_revision)
         txn.delete(keys.app_versions(record.namespace, record.name), prefix=True)
         txn.delete(keys.app_deployments(record.namespace, record.name), prefix=True)
+        txn.delete(keys.app_job_states(record.namespace, record.name), prefix=True)
+        txn.delete(keys.app_job_runs(record.namespace, record.name), prefix=True)
         txn.event("app", f"{record.namespace}/{record.name}", "deleted",
                   f"application {record.name} deleted")
 
@@ -252,9 +260,14 @@ async def _reconcile_app(ctx: ServerContext, app: Versioned[Application],
     txn = ctx.records.txn()
     wake: list[float] = []
     if app.record.status == AppStatus.DELETING:
-        _reconcile_deleting(txn, app, items, deployments, now)
+        runs, _ = await ctx.records.scan(JobRun, keys.app_job_runs(app.record.namespace,
+                                                                   app.record.name))
+        _reconcile_deleting(txn, app, items, deployments, now,
+                            active_runs=sum(1 for r in runs if r.record.active))
     else:
-        wake = await _reconcile_active(ctx, txn, app, items, deployments, taken, now)
+        # A job's instances belong to the job controller (`controllers/jobs.py`).
+        services = [i for i in items if i.record.kind != "job"]
+        wake = await _reconcile_active(ctx, txn, app, services, deployments, taken, now)
     if txn.ops:
         await txn.commit()  # a lost race is retried on the wake-up the winner causes
     return min(wake, default=None)

@@ -76,7 +76,7 @@ async def reconcile_drains(ctx: ServerContext) -> None:
                     expect=item.mod_revision)
                 txn.event("instance", inst.id, "stop-requested",
                           f"{inst.app}/{inst.service} instance {inst.id}: drain deadline of "
-                          f"node {node.name} passed", {"app": inst.app, "node": node.name})
+                          f"node {node.name} passed", _payload(inst, node.name))
             continue
         by_service: dict[tuple[str, str, str], list[Versioned[Instance]]] = defaultdict(list)
         for item in mine:
@@ -94,9 +94,14 @@ async def reconcile_drains(ctx: ServerContext) -> None:
                     expect=item.mod_revision)
                 txn.event("instance", inst.id, "migrating",
                           f"{inst.app}/{inst.service} instance {inst.id}: migrating off "
-                          f"draining node {node.name}", {"app": inst.app, "node": node.name})
+                          f"draining node {node.name}", _payload(inst, node.name))
     if txn.ops:
         await txn.commit()  # a lost race is retried on the wake-up the winner causes
+
+
+def _payload(inst: Instance, node: str) -> dict[str, str]:
+    return {"app": inst.app, "namespace": inst.namespace, "service": inst.service,
+            "node": node}
 
 
 CONTROLLER = Controller(name="drain", watches=(keys.NODES, keys.INSTANCES),

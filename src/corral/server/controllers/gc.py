@@ -2,7 +2,7 @@
 beyond retention.
 
 Stopped and lost instances stay visible to `corral ps -a` for `terminal_retention`
-seconds; the newest `event_retention` events are kept for replay; the newest
+seconds; events are kept for replay by count and age (`server/event_retention.py`); the newest
 `deployment_retention` deployments of each service are kept for `corral history` (a running
 one always); the store keeps the last `history_retention` revisions of change history.
 """
@@ -16,6 +16,7 @@ from corral.model.instance import TERMINAL_STATES, Instance
 from corral.server import keys
 from corral.server.context import ServerContext
 from corral.server.controllers.base import Controller
+from corral.server.event_retention import prune_events
 
 __all__ = ["CONTROLLER", "reconcile_gc"]
 
@@ -39,12 +40,9 @@ async def reconcile_gc(ctx: ServerContext) -> None:
         for d in deps[ctx.config.deployment_retention:]:
             if d.final:
                 txn.delete(keys.deployment(d.namespace, d.app, d.service, d.id))
-    events, _ = await ctx.store.range(keys.EVENTS)
-    excess = len(events) - ctx.config.event_retention
-    for kv in events[: max(excess, 0)]:
-        txn.delete(kv.key)
     if txn.ops:
         await txn.commit()
+    await prune_events(ctx)
     # Bound the store's change history; watchers further behind re-list (CompactedError).
     revision = await ctx.store.revision()
     if revision > ctx.config.history_retention:
