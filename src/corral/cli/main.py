@@ -25,6 +25,7 @@ from corral.cli import (
     scale,
     server,
     services,
+    sim,
     status,
     token,
     top,
@@ -58,6 +59,7 @@ app.command()(history.history)
 app.command()(rollback.rollback)
 app.command()(restart.restart)
 app.command()(scale.scale)
+app.command()(sim.sim)
 app.command()(run.run)
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(deployment.app, name="deployment")

@@ -208,6 +208,12 @@ class Client:
     async def report_status(self, instance_id: str, status: dict[str, Any]) -> Any:
         return await self.request("PUT", f"/v1/instances/{instance_id}/status", json=status)
 
+    async def report_statuses(self, node: str, reports: list[dict[str, Any]]) -> Any:
+        """Many status reports of one node's instances in one request (and one store
+        transaction): `[{"id": ..., "state": ..., ...}]`, applied in order."""
+        return await self.request("PUT", f"/v1/nodes/{node}/status",
+                                  json={"reports": reports})
+
     def logs(self, *, app: str | None = None, instance: str | None = None,
              namespace: str = "default", service: str | None = None,
              since: float | None = None, tail: int | None = None, follow: bool = False,

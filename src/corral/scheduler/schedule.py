@@ -11,10 +11,12 @@ failed only if no node can take it given the earlier decisions of the same batch
 
 The node, driver and constraint checks (`feasibility.node_reject`, `constraint_reject`)
 cannot change during one call, so they run once per distinct (driver, constraints) pair, and
-each constraint is parsed once per distinct set; each request then scans only the eligible
-nodes. `distinct_hosts` and `spread` depend on where the batch has put the service's other
-instances, so they read counts that `Colocation` keeps current, never the instance list.
-Requests without placement rules take the same path as before those rules existed.
+each constraint is parsed once per distinct set. Requests that are alike (same need, pool
+and rules: a service's instances) share one `Ranked` index of the feasible nodes, best
+first (`ranked.py`), so each placement costs O(log N) rather than a scan of every node, and
+gives the node that scan would have given. `distinct_hosts` and `spread` depend on where
+the batch has put the service's other instances, so they read counts that `Colocation`
+keeps current, never the instance list.
 
 Neighbours: `snapshot.py` (input and budgets), `feasibility.py` (which nodes, why not),
 `colocation.py` (where each service's instances are), `rank.py` (which of the feasible
@@ -25,12 +27,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from corral.model.application import PlacementSpec
 from corral.model.constraints import Constraint, parse_attribute
-from corral.scheduler import rank
-from corral.scheduler.colocation import Colocation, ServiceKey
+from corral.scheduler.colocation import Colocation
 from corral.scheduler.feasibility import (
     DISTINCT_HOSTS,
     Need,
@@ -42,6 +43,7 @@ from corral.scheduler.feasibility import (
     resource_reject,
 )
 from corral.scheduler.ports import pick_ports
+from corral.scheduler.ranked import Ranked
 from corral.scheduler.snapshot import NodeBudget, Snapshot, build_budgets
 
 __all__ = ["Failure", "Placement", "Plan", "schedule"]
@@ -117,66 +119,9 @@ def _rules(spec: PlacementSpec) -> _Rules:
         return _Rules(invalid=str(exc))
 
 
-@dataclass(frozen=True, slots=True)
-class _Occupancy:
-    """What distinct_hosts and spread need for one request: where its service already is."""
-
-    on_node: Mapping[str, int] | None  # distinct_hosts: node name -> instances of the service
-    values: list[str] | None  # spread: each eligible node's value, in pool order
-    per_value: Mapping[str, int]  # spread: value -> instances of the service
-
-
-def _occupancy(colocation: Colocation, pool: _Pool, key: ServiceKey,
-               spec: PlacementSpec) -> _Occupancy:
-    spread = spec.spread
-    return _Occupancy(
-        on_node=colocation.on_node(key) if spec.distinct_hosts else None,
-        values=pool.values(colocation, spread) if spread is not None else None,
-        per_value=colocation.per_value(key, spread) if spread is not None else {},
-    )
-
-
-def _best(pool: _Pool, need: Need) -> NodeBudget | None:
-    """The best eligible node for a request without distinct_hosts or spread. Kept apart from
-    `_best_placed` so the common case pays nothing per node for rules it does not have."""
-    best: NodeBudget | None = None
-    best_score = 0.0
-    for budget in pool.eligible:
-        if resource_reject(budget, need) is not None:
-            continue
-        score = rank.score(budget, need)
-        # Strictly greater: budgets are sorted by name, so equal scores keep the first name.
-        if best is None or score > best_score:
-            best, best_score = budget, score
-    return best
-
-
-def _best_placed(pool: _Pool, need: Need, occupancy: _Occupancy) -> NodeBudget | None:
-    """`_best` for a request with distinct_hosts, spread or both."""
-    on_node, per_value = occupancy.on_node, occupancy.per_value
-    values = occupancy.values if occupancy.values is not None else [""] * len(pool.names)
-    best: NodeBudget | None = None
-    best_score, best_count = 0.0, 0
-    for budget, name, value in zip(pool.eligible, pool.names, values, strict=True):
-        if on_node is not None and name in on_node:
-            continue
-        count = per_value.get(value, 0)
-        # Spread outranks bin-packing (rank.py), so a node on a busier value than the best so
-        # far can never win: skip it before the costlier resource check.
-        if best is not None and count > best_count:
-            continue
-        if resource_reject(budget, need) is not None:
-            continue
-        score = rank.spread_score(budget, need, count)
-        if best is None or score > best_score:  # ties: as in `_best`
-            best, best_score, best_count = budget, score, count
-    return best
-
-
 def _failure(request: PlacementRequest, need: Need, pool: _Pool,
-             occupancy: _Occupancy | None) -> Failure:
+             on_node: Mapping[str, int] | None) -> Failure:
     counts = Counter(pool.rejected)
-    on_node = occupancy.on_node if occupancy is not None else None
     for budget in pool.eligible:
         if on_node is not None and budget.name in on_node:
             counts[DISTINCT_HOSTS] += 1
@@ -199,6 +144,11 @@ def schedule(snapshot: Snapshot, requests: Sequence[PlacementRequest]) -> Plan:
     budgets = build_budgets(snapshot)
     pools: dict[tuple[str | None, tuple[str, ...]], _Pool] = {}
     rules: dict[PlacementSpec, _Rules] = {}
+    classes: dict[tuple[object, ...], Ranked] = {}
+    log: list[int] = []  # budget index of every placement so far, in order (ranked.py)
+    # class -> (len(log) when it was computed, the failure): a class with no node left
+    # fails alike until something is placed somewhere.
+    exhausted: dict[tuple[object, ...], tuple[int, Failure]] = {}
     # Built only when some request has a rule that needs it: one pass over the instances.
     # Once built, every placement is recorded, with or without rules of its own, so a later
     # request of the same service counts it.
@@ -227,15 +177,34 @@ def schedule(snapshot: Snapshot, requests: Sequence[PlacementRequest]) -> Plan:
         if pool is None:
             pool = pools[pool_key] = _pool(budgets, need.driver, rule.constraints)
         key = (request.namespace, request.app, request.service)
-        occupancy = None
-        if colocation is not None and (spec.distinct_hosts or spec.spread is not None):
-            occupancy = _occupancy(colocation, pool, key, spec)
-        best = _best(pool, need) if occupancy is None else _best_placed(pool, need, occupancy)
+        placed_by_rules = colocation is not None and (spec.distinct_hosts
+                                                      or spec.spread is not None)
+        class_key: tuple[object, ...] = (need, pool_key, spec.distinct_hosts, spec.spread,
+                                         key if placed_by_rules else None)
+        on_node: Mapping[str, int] | None = None
+        per_value: Mapping[str, int] = {}
+        if placed_by_rules:
+            assert colocation is not None
+            on_node = colocation.on_node(key) if spec.distinct_hosts else None
+            if spec.spread is not None:
+                per_value = colocation.per_value(key, spec.spread)
+        ranked = classes.get(class_key)
+        if ranked is None:
+            values = (pool.values(colocation, spec.spread)
+                      if colocation is not None and spec.spread is not None else None)
+            ranked = classes[class_key] = Ranked(eligible=pool.eligible, need=need,
+                                                 values=values, log_length=len(log))
+        best = ranked.best(budgets, log, on_node, per_value)
         if best is None:
-            failures.append(_failure(request, need, pool, occupancy))
+            known = exhausted.get(class_key)
+            if known is None or known[0] != len(log):
+                known = exhausted[class_key] = (len(log), _failure(request, need, pool,
+                                                                   on_node))
+            failures.append(replace(known[1], instance_id=request.instance_id))
             continue
         ports = pick_ports(best, request, need)
         best.take(cpu=need.cpu, memory=need.memory, ports=ports.values())
+        log.append(best.index)
         if colocation is not None:
             colocation.record(key, best.node)
         placements.append(Placement(instance_id=request.instance_id, node=best.name,

@@ -17,7 +17,7 @@ them, `schedule.py` builds them and commits each decision into them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from corral.model.instance import TERMINAL_STATES, Instance
@@ -31,6 +31,10 @@ __all__ = ["NodeBudget", "NodeUsage", "Snapshot", "build_budgets", "holds_resour
 class Snapshot:
     nodes: tuple[Node, ...]
     instances: tuple[Instance, ...]
+    # What the instances hold per node, exactly `node_usage(nodes, instances)`, when the
+    # caller keeps it current anyway (the server's index): budgets are then built in the
+    # number of nodes, without a pass over every instance.
+    usage: Mapping[str, NodeUsage] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,6 +78,12 @@ class _Tally:
 def _tally(snapshot: Snapshot) -> dict[str, _Tally]:
     """Per node name, the sums over the instances that hold resources there. Instances on a
     node missing from the snapshot (deregistered) are left out: nothing can be placed there."""
+    if snapshot.usage is not None:
+        given = snapshot.usage
+        empty = NodeUsage(cpu_milli=0, memory=0, ports=(), instances=0)
+        return {node.name: _Tally(cpu=u.cpu_milli, memory=u.memory, ports=set(u.ports),
+                                  instances=u.instances)
+                for node in snapshot.nodes for u in (given.get(node.name, empty),)}
     tallies = {node.name: _Tally() for node in snapshot.nodes}
     for instance in snapshot.instances:
         if not holds_resources(instance):
@@ -116,6 +126,8 @@ class NodeBudget:
     port_lo: int
     port_hi: int  # inclusive
     free_range_ports: int  # ports in [port_lo, port_hi] not in used_ports
+    index: int = 0  # position in name order among the batch's budgets
+    version: int = 0  # placements taken so far: tells `ranked.py` a score is stale
 
     @property
     def name(self) -> str:
@@ -126,6 +138,7 @@ class NodeBudget:
 
     def take(self, *, cpu: int, memory: int, ports: Iterable[int]) -> None:
         """Commit one placement: its resources are no longer free for the rest of the batch."""
+        self.version += 1
         self.free_cpu -= cpu
         self.free_memory -= memory
         for port in ports:
@@ -135,7 +148,7 @@ class NodeBudget:
                     self.free_range_ports -= 1
 
 
-def _budget(node: Node, tally: _Tally) -> NodeBudget:
+def _budget(node: Node, tally: _Tally, index: int) -> NodeBudget:
     lo, hi = node.port_range
     used = tally.ports | set(node.reserved_ports)
     range_size = max(0, hi - lo + 1)
@@ -152,6 +165,7 @@ def _budget(node: Node, tally: _Tally) -> NodeBudget:
         port_lo=lo,
         port_hi=hi,
         free_range_ports=range_size - used_in_range,
+        index=index,
     )
 
 
@@ -160,4 +174,5 @@ def build_budgets(snapshot: Snapshot) -> list[NodeBudget]:
     order of `snapshot.nodes` never changes a plan. A name listed twice keeps its last record."""
     tallies = _tally(snapshot)
     nodes = {node.name: node for node in snapshot.nodes}
-    return [_budget(nodes[name], tallies[name]) for name in sorted(nodes)]
+    return [_budget(nodes[name], tallies[name], index)
+            for index, name in enumerate(sorted(nodes))]

@@ -4,6 +4,10 @@ transaction as the change they describe.
 Only the API server and its controllers use this (the Kubernetes rule: one writer of the
 store). Writes are compare-and-swap on the record's `mod_revision`, so two writers that
 read the same version cannot both win; the loser re-reads and reconciles again.
+
+Instances and nodes are read from the server's in-memory index (`server/index.py`), which
+is exactly the store at its current revision: the same answers as a range, without
+decoding every record on every read. Everything else is read from the store.
 """
 
 from __future__ import annotations
@@ -12,23 +16,20 @@ import dataclasses
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from corral.clock import Clock
 from corral.model.codec import dump_json, load_json, to_data
 from corral.model.event import Event
+from corral.model.instance import Instance
+from corral.model.node import Node
 from corral.server import keys
+from corral.server.index import StateIndex, Versioned
 from corral.store.base import Compare, CompareTarget, Delete, KeyValue, Op, Put, Store
 
 __all__ = ["Records", "Txn", "Versioned"]
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Versioned(Generic[T]):
-    record: T
-    mod_revision: int
 
 
 @dataclass(slots=True)
@@ -45,7 +46,9 @@ class Txn:
         if expect is not None:
             self.compares.append(Compare(key=key, target=CompareTarget.MOD, op="==",
                                          value=expect))
-        self.ops.append(Put(key=key, value=dump_json(record)))
+        value = dump_json(record)
+        self.records.index.hint(key, value, record)
+        self.ops.append(Put(key=key, value=value))
         return self
 
     def put_raw(self, key: str, value: bytes, *, lease: int = 0) -> Txn:
@@ -86,7 +89,10 @@ class Txn:
             ops.append(Put(key=self.records.next_event_key(ev.time), value=dump_json(ev)))
         if not ops:
             return await self.records.store.revision()
-        result = await self.records.store.txn(self.compares, ops)
+        try:
+            result = await self.records.store.txn(self.compares, ops)
+        finally:
+            self.records.index.drop_hints([op.key for op in self.ops if isinstance(op, Put)])
         return result.revision if result.succeeded else None
 
 
@@ -95,6 +101,7 @@ class Records:
         self.store = store
         self.clock = clock
         self._seq = itertools.count()
+        self.index = StateIndex.of(store)
 
     def next_event_key(self, time: float) -> str:
         return keys.event(int(time * 1e9), next(self._seq) % 100_000_000)
@@ -103,12 +110,30 @@ class Records:
         return Txn(self)
 
     async def get(self, cls: type[T], key: str) -> Versioned[T] | None:
+        table = self._table(cls, key)
+        if table is not None:
+            await self.index.ready()
+            found: Versioned[T] | None = table.items.get(key)
+            return found
         kv = await self.store.get(key)
         return None if kv is None else Versioned(load_json(cls, kv.value), kv.mod_revision)
 
     async def scan(self, cls: type[T], prefix: str) -> tuple[list[Versioned[T]], int]:
+        if prefix in (keys.INSTANCES, keys.NODES) and self._table(cls, prefix) is not None:
+            await self.index.ready()
+            table = self._table(cls, prefix)
+            assert table is not None
+            return table.ordered(), self.index.revision
         kvs, revision = await self.store.range(prefix)
         return [Versioned(load_json(cls, kv.value), kv.mod_revision) for kv in kvs], revision
+
+    def _table(self, cls: type[T], key: str) -> Any:
+        """The index's table that holds `key` as a `cls`, if it has one."""
+        if cls is Instance and key.startswith(keys.INSTANCES):
+            return self.index.instances
+        if cls is Node and key.startswith(keys.NODES):
+            return self.index.nodes
+        return None
 
     async def events_since(self, index: int, *, limit: int = 0) -> tuple[list[Event], int]:
         kvs, revision = await self.store.range(keys.EVENTS)

@@ -13,6 +13,13 @@
 - `GET /v1/nodes/{name}/instances?index=R&wait=30` blocking query (Nomad style): answers
   at once if anything assigned to the node changed after revision R, else when it does or
   after `wait` seconds. Returns `{"index": ..., "instances": [...]}`.
+- `PUT /v1/nodes/{name}/status` body `{"reports": [{"id", "state", "reason", ...}, ...]}`:
+  many status reports of the node's instances in one request and one store transaction,
+  applied in order (two reports of one instance, `starting` then `running`, become one
+  write and two events). The same rules as `PUT /v1/instances/{id}/status`
+  (`server/status_reports.py`); answers one result per report, `{"id", "changed"}` or
+  `{"id", "status", "error"}` for a report refused (unknown instance, another node's,
+  impossible transition), which does not hold up the others.
 
 An agent calls register, heartbeat, usage and instances with its node credential, for its
 own node only (403 otherwise); the rest needs the admin token (`server/auth.py`).
@@ -21,14 +28,15 @@ own node only (403 otherwise); the rest needs the admin token (`server/auth.py`)
 from __future__ import annotations
 
 import dataclasses
+import json
 import secrets
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from corral.model.codec import to_data
-from corral.model.instance import TERMINAL_STATES, Instance
+from corral.model.instance import TERMINAL_STATES, Instance, InstanceState
 from corral.model.node import DEFAULT_PORT_RANGE, Node, NodeResources, NodeState
 from corral.scheduler import Snapshot, node_usage
 from corral.server import keys
@@ -36,12 +44,34 @@ from corral.server.api.deps import check_name, get_ctx
 from corral.server.auth import NODE_ACCESS, Identity, act_for, get_identity
 from corral.server.context import InstanceUsage, ServerContext, heartbeat_ttl
 from corral.server.errors import ApiError
+from corral.server.records import Versioned
+from corral.server.status_reports import (
+    Refused,
+    StatusReport,
+    changes_event,
+    describe,
+    event_payload,
+    next_record,
+)
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/nodes", tags=["nodes"])
-Ctx = Annotated[ServerContext, Depends(get_ctx)]
-Caller = Annotated[Identity, Depends(get_identity)]
+
+
+# Coroutines, not plain functions: FastAPI runs a plain-function dependency in its thread
+# pool (40 threads), and under thousands of agents every heartbeat then queued twice for a
+# thread before reaching its handler (seconds, measured with bench/c1m.py).
+async def _ctx(request: Request) -> ServerContext:
+    return get_ctx(request)
+
+
+async def _caller(request: Request) -> Identity:
+    return get_identity(request)
+
+
+Ctx = Annotated[ServerContext, Depends(_ctx)]
+Caller = Annotated[Identity, Depends(_caller)]
 
 
 class CapacityBody(BaseModel):
@@ -115,19 +145,28 @@ async def register(body: RegisterBody, ctx: Ctx, caller: Caller) -> dict[str, An
         txn.event("node", node.name, "ready", f"node {node.name} is back")
     if await txn.commit() is None:
         raise ApiError(409, f"node {node.name} changed during registration; retry")
+    # The TTL runs from now, when the agent hears of its lease, not from when the request
+    # began: a registration that waited for the store (thousands of nodes registering at
+    # once) must not hand out a lease that is already half spent. A refresh: in memory.
+    await ctx.store.lease_grant(lease_id, ttl, now=ctx.clock.now())
     return {"name": node.name, "lease_id": lease_id, "ttl": ttl, "heartbeat_interval": ttl / 3}
 
 
 async def _ttl(ctx: ServerContext) -> float:
-    alive, _ = await ctx.store.range(keys.NODES_ALIVE)
-    return heartbeat_ttl(ctx.config, len(alive) + 1)
+    # Counted by the index (kept current by the store's commits): a range of every live
+    # node per heartbeat made registering N nodes cost O(N^2).
+    await ctx.records.index.ready()
+    return heartbeat_ttl(ctx.config, len(ctx.records.index.alive) + 1)
 
 
 @router.put("/{name}/heartbeat", openapi_extra=NODE_ACCESS)
 async def heartbeat(name: str, lease_id: int, ctx: Ctx, caller: Caller) -> dict[str, Any]:
     act_for(caller, name)
-    alive = await ctx.store.get(keys.node_alive(name))
-    if alive is None or alive.value != str(lease_id).encode():
+    # From the index and the store's in-memory lease expiries: a heartbeat never waits for
+    # the store's writer thread, so a busy store cannot make nodes miss their TTL.
+    await ctx.records.index.ready()
+    alive = ctx.records.index.alive.get(name)
+    if alive is None or alive != str(lease_id).encode():
         raise ApiError(404, f"node {name} is not registered with lease {lease_id}; register "
                             "again")
     now = ctx.clock.now()
@@ -206,9 +245,9 @@ async def report_usage(name: str, body: UsageBody, ctx: Ctx, caller: Caller
     """An agent's latest usage samples for its instances; kept in memory only. Samples for
     instances not assigned to `name` are ignored (a node reports for itself only)."""
     act_for(caller, name)
-    items, _ = await ctx.records.scan(Instance, keys.INSTANCES)
-    mine = {i.record.id for i in items
-            if i.record.node == name and i.record.state not in TERMINAL_STATES}
+    await ctx.records.index.ready()
+    mine = {i.record.id for i in ctx.records.index.on_node(name)
+            if i.record.state not in TERMINAL_STATES}
     now = ctx.clock.now()
     for iid, sample in body.instances.items():
         if iid in mine:
@@ -238,11 +277,84 @@ async def get_node(name: str, ctx: Ctx) -> dict[str, Any]:
 
 @router.get("/{name}/instances", openapi_extra=NODE_ACCESS)
 async def node_instances(name: str, ctx: Ctx, caller: Caller, index: int = 0,
-                         wait: Annotated[float, Query(ge=0, le=300)] = 30.0) -> dict[str, Any]:
+                         wait: Annotated[float, Query(ge=0, le=300)] = 30.0) -> Response:
     act_for(caller, name)
+    instances = ctx.records.index
+    await instances.ready()
     if index > 0:
-        index = await ctx.hub.wait(index, (keys.INSTANCES,), wait)
-    items, revision = await ctx.records.scan(Instance, keys.INSTANCES)
-    mine = [to_data(i.record) for i in items
-            if i.record.node == name and i.record.state not in TERMINAL_STATES]
-    return {"index": max(revision, index), "instances": mine}
+        # Woken only by changes to this node's own instances (server/index.py).
+        index = await instances.wait_node(name, index, wait)
+    mine = [to_data(i.record) for i in instances.on_node(name)
+            if i.record.state not in TERMINAL_STATES]
+    # Encoded here rather than by FastAPI's generic encoder, which walks every field of
+    # every instance again: the long poll is the answer sent most often.
+    body = json.dumps({"index": max(instances.revision, index), "instances": mine},
+                      separators=(",", ":"))
+    return Response(content=body, media_type="application/json")
+
+
+class InstanceReport(BaseModel):
+    id: str
+    state: InstanceState
+    reason: str = ""
+    pid: int | None = None
+    exit_code: int | None = None
+    restarts: int | None = None
+    health: str | None = None
+    started_at: float | None = None
+
+
+class StatusBatch(BaseModel):
+    reports: list[InstanceReport] = Field(max_length=100_000)
+
+
+@router.put("/{name}/status", openapi_extra=NODE_ACCESS)
+async def report_statuses(name: str, body: StatusBatch, ctx: Ctx, caller: Caller
+                          ) -> dict[str, Any]:
+    """Status reports of many of the node's instances, committed in one transaction (each
+    instance guarded by its revision); retried from a fresh read if another write won."""
+    act_for(caller, name)
+    for _ in range(10):
+        results, txn = await _stage_reports(ctx, name, body.reports)
+        if not txn.ops or await txn.commit() is not None:
+            return {"results": results}
+    raise ApiError(409, f"instances of node {name} kept changing; retry")
+
+
+async def _stage_reports(ctx: ServerContext, name: str, reports: list[InstanceReport]
+                         ) -> tuple[list[dict[str, Any]], Any]:
+    now = ctx.clock.now()
+    read: dict[str, Versioned[Instance] | None] = {}
+    latest: dict[str, Instance] = {}
+    results: list[dict[str, Any]] = []
+    txn = ctx.records.txn()
+    for report in reports:
+        if report.id not in read:
+            read[report.id] = await ctx.records.get(Instance, keys.instance(report.id))
+        item = read[report.id]
+        if item is None:
+            results.append({"id": report.id, "status": 404,
+                            "error": f"no instance {report.id!r}"})
+            continue
+        old = latest.get(report.id, item.record)
+        try:
+            new = next_record(old, StatusReport(
+                node=name, state=report.state, reason=report.reason, pid=report.pid,
+                exit_code=report.exit_code, restarts=report.restarts, health=report.health,
+                started_at=report.started_at), now)
+        except Refused as exc:
+            results.append({"id": report.id, "status": exc.status, "error": exc.message})
+            continue
+        changed = new != dataclasses.replace(old, updated_at=new.updated_at)
+        results.append({"id": report.id, "changed": changed})
+        if not changed:
+            continue
+        latest[report.id] = new
+        if changes_event(old, new):
+            txn.event("instance", old.id, str(new.state), describe(new),
+                      event_payload(old, new))
+    for iid, new in latest.items():
+        item = read[iid]
+        assert item is not None
+        txn.put(keys.instance(iid), new, expect=item.mod_revision)
+    return results, txn

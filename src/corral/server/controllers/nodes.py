@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from corral.model.instance import TERMINAL_STATES, Instance, InstanceState
+from corral.model.instance import TERMINAL_STATES, InstanceState
 from corral.model.node import Node, NodeState
 from corral.server import keys
 from corral.server.context import ServerContext, heartbeat_ttl
@@ -32,12 +32,11 @@ async def renew_all_leases(ctx: ServerContext) -> None:
 async def reconcile_nodes(ctx: ServerContext) -> None:
     await ctx.store.expire_leases(now=ctx.clock.now())
     nodes, _ = await ctx.records.scan(Node, keys.NODES)
-    alive = {kv.key.removeprefix(keys.NODES_ALIVE)
-             for kv in (await ctx.store.range(keys.NODES_ALIVE))[0]}
+    index = ctx.records.index  # ready: the scan above loaded it
+    alive = index.alive
     down = [n for n in nodes if n.record.name not in alive and n.record.state != NodeState.DOWN]
     if not down:
         return
-    instances, _ = await ctx.records.scan(Instance, keys.INSTANCES)
     now = ctx.clock.now()
     for item in down:
         node = item.record
@@ -46,9 +45,9 @@ async def reconcile_nodes(ctx: ServerContext) -> None:
                 expect=item.mod_revision)
         txn.event("node", node.name, "down", f"node {node.name} missed its heartbeats "
                   "(lease expired): down")
-        for inst_item in instances:
+        for inst_item in index.on_node(node.name):
             inst = inst_item.record
-            if inst.node != node.name or inst.state in TERMINAL_STATES:
+            if inst.state in TERMINAL_STATES:
                 continue
             reason = f"node {node.name} is down"
             txn.put(keys.instance(inst.id), dataclasses.replace(

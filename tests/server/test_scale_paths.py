@@ -1,0 +1,178 @@
+"""What issue 8 changed on the control plane's hot paths, over the in-process server and
+memory store: the batched status endpoint, long polls woken per node, and the in-memory
+index (`server/index.py`) that must always equal the store."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral.client import ApiError
+from corral.model.codec import dump_json, load_json
+from corral.model.instance import DesiredState, Instance, InstanceState
+from corral.model.node import Node
+from corral.scheduler import Snapshot, node_usage
+from corral.server import keys
+from corral.server.index import StateIndex
+from corral.store import MemoryStore, SqliteStore
+from corral.store.base import Store
+from corral.testing.factories import make_instance, make_node
+from corral.testing.server import ServerHarness, server_harness
+
+WEB = {"name": "shop", "services": {"web": {
+    "instances": 3, "command": ["sleep", "1000"],
+    "resources": {"cpu": 0.25, "memory": "128MiB"}, "ports": [{"name": "http"}]}}}
+
+
+def node_body(name: str) -> dict[str, Any]:
+    return {"name": name, "address": "10.0.0.1", "capacity": {"cpu": 2.0, "memory": 4 << 30},
+            "port_range": [20000, 20100], "drivers": {"process": ""}}
+
+
+@pytest.fixture
+async def srv(tmp_path: Path) -> Any:
+    async with server_harness(tmp_path) as s:
+        yield s
+
+
+async def placed(srv: ServerHarness) -> list[dict[str, Any]]:
+    await srv.client.register_node(node_body("n1"))
+    await srv.client.apply(WEB)
+    await srv.reconcile()
+    return list(await srv.client.list_instances(app="shop"))
+
+
+async def test_a_batch_applies_reports_in_order_in_one_write(srv: ServerHarness) -> None:
+    insts = await placed(srv)
+    ids = [i["id"] for i in insts]
+    revision = await srv.ctx.store.revision()
+    answer = await srv.client.report_statuses("n1", [
+        {"id": ids[0], "state": "starting"}, {"id": ids[0], "state": "running", "pid": 9},
+        {"id": ids[1], "state": "starting"}])
+    assert answer["results"] == [{"id": ids[0], "changed": True},
+                                 {"id": ids[0], "changed": True},
+                                 {"id": ids[1], "changed": True}]
+    assert await srv.ctx.store.revision() == revision + 1  # one transaction
+    first = await srv.client.get_instance(ids[0])
+    assert (first["state"], first["pid"]) == ("running", 9)
+    assert (await srv.client.get_instance(ids[1]))["state"] == "starting"
+    types = [e["type"] for e in await srv.client.events(key=ids[0])]
+    assert types == ["pending", "scheduled", "starting", "running"]  # an event per report
+
+
+async def test_a_refused_report_does_not_hold_up_the_others(srv: ServerHarness) -> None:
+    ids = [i["id"] for i in await placed(srv)]
+    await srv.client.register_node(node_body("n2"))
+    answer = await srv.client.report_statuses("n1", [
+        {"id": "nosuch", "state": "running"},
+        {"id": ids[0], "state": "pending"},  # scheduled -> pending: no such transition
+        {"id": ids[1], "state": "running"}])
+    results = answer["results"]
+    assert [r.get("status") for r in results] == [404, 409, None]
+    assert "no instance" in results[0]["error"] and "cannot go" in results[1]["error"]
+    assert (await srv.client.get_instance(ids[1]))["state"] == "running"
+    # n2's report about n1's instance is refused for that instance only.
+    other = await srv.client.report_statuses("n2", [{"id": ids[2], "state": "running"}])
+    assert other["results"][0]["status"] == 403
+    assert (await srv.client.get_instance(ids[2]))["state"] == "scheduled"
+
+
+async def test_a_node_may_report_only_for_itself(srv: ServerHarness) -> None:
+    await placed(srv)
+    joined = await srv.join("n3")
+    try:
+        with pytest.raises(ApiError) as err:
+            await joined.client.report_statuses("n1", [])
+        assert err.value.status == 403
+        assert await joined.client.report_statuses("n3", []) == {"results": []}
+    finally:
+        await joined.client.close()
+
+
+async def test_bad_batches_are_4xx(srv: ServerHarness) -> None:
+    for body in ({"reports": [{"id": "x", "state": "dancing"}]}, {"reports": "no"}, {}):
+        with pytest.raises(ApiError) as err:
+            await srv.client.request("PUT", "/v1/nodes/n1/status", json=body)
+        assert err.value.status == 422
+
+
+async def test_a_long_poll_sleeps_through_other_nodes_changes(srv: ServerHarness) -> None:
+    await srv.client.register_node(node_body("n1"))
+    await srv.client.register_node(node_body("n2"))
+    first = await srv.client.node_instances("n2", index=0, wait=1)
+    waiter = asyncio.create_task(srv.client.node_instances("n2", index=first["index"],
+                                                           wait=30))
+    await srv.client.apply(WEB)
+    await srv.reconcile()  # bin-packing puts all three on n1
+    assert {i["node"] for i in await srv.client.list_instances(app="shop")} == {"n1"}
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    await srv.client.drain_node("n1")
+    await srv.reconcile()  # replacements go to n2: now n2's poll answers
+    answer = await asyncio.wait_for(waiter, 10)
+    assert answer["instances"] and {i["node"] for i in answer["instances"]} == {"n2"}
+
+
+# the index against the store
+
+
+def random_instance(rng: random.Random, n: int) -> Instance:
+    node = rng.choice([None, "a", "b", "c"])
+    state = rng.choice(list(InstanceState)) if node else InstanceState.PENDING
+    return make_instance(f"i{n}", node=node, state=state, cpu=rng.choice([0.1, 0.25, 1]),
+                         ports={"http": 20000 + n} if node else {},
+                         desired=rng.choice([DesiredState.RUN, DesiredState.RUN,
+                                             DesiredState.STOP]))
+
+
+def check_index(index: StateIndex, instances: dict[str, Instance], nodes: list[Node]) -> None:
+    assert {v.record.id: v.record for v in index.instances.ordered()} == instances
+    assert [v.record.id for v in index.instances.ordered()] == sorted(instances)
+    expected = node_usage(Snapshot(nodes=tuple(nodes), instances=tuple(instances.values())))
+    assert index.usage() == {k: u for k, u in expected.items() if u.instances}
+    assert set(index.pending) == {i.id for i in instances.values() if i.node is None
+                                  and i.state == "pending" and i.desired == "run"}
+    for node in nodes:
+        assert [v.record.id for v in index.on_node(node.name)] == sorted(
+            i.id for i in instances.values() if i.node == node.name)
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+async def test_the_index_equals_the_store_through_random_writes(tmp_path: Path,
+                                                                backend: str) -> None:
+    store: Store = MemoryStore() if backend == "memory" else \
+        await SqliteStore.open(tmp_path / "state.db")
+    rng = random.Random(8)
+    nodes = [make_node(name) for name in ("a", "b", "c")]
+    try:
+        for node in nodes:
+            await store.put(keys.node(node.name), dump_json(node))
+        instances: dict[str, Instance] = {}
+        for n in range(40):  # some written before the index loads
+            inst = random_instance(rng, n)
+            instances[inst.id] = inst
+            await store.put(keys.instance(inst.id), dump_json(inst))
+        index = StateIndex(store)
+        loading = asyncio.create_task(index.ready())
+        for step in range(300):  # writes racing the load, then after it
+            if step == 5:
+                await loading
+            n = rng.randrange(60)
+            if rng.random() < 0.2 and f"i{n}" in instances:
+                del instances[f"i{n}"]
+                await store.delete(keys.instance(f"i{n}"))
+            else:
+                inst = random_instance(rng, n)
+                instances[inst.id] = inst
+                await store.put(keys.instance(inst.id), dump_json(inst))
+        check_index(index, instances, nodes)
+        stored, _ = await store.range(keys.INSTANCES)
+        assert [(kv.key, load_json(Instance, kv.value), kv.mod_revision) for kv in stored] == [
+            (keys.instance(v.record.id), v.record, v.mod_revision)
+            for v in index.instances.ordered()]
+    finally:
+        await store.close()
