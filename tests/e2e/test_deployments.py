@@ -148,7 +148,8 @@ def test_rolling_update_then_a_bad_release_reverts(cluster: LocalCluster, tmp_pa
     assert {i["version"] for i in after} == {4} and {i["generation"] for i in after} == {1}
 
     scaled = cluster.corral("scale", "roll/web", "4", "--timeout", "60s")
-    assert scaled.returncode == 0, scaled.stdout + scaled.stderr
+    assert scaled.returncode == 0, scaled.stdout + scaled.stderr + "\n" + cluster.corral(
+        "ps", "roll", "--json").stdout + cluster.logs()
     assert "roll/web: 3 -> 4 instances (version 5)" in scaled.stdout, scaled.stdout
     bigger = live(cluster)
     assert len(bigger) == 4 and {i["id"] for i in after} < {i["id"] for i in bigger}

@@ -34,7 +34,7 @@ from pydantic import BaseModel
 from corral.agent.drivers.base import signal_name
 from corral.model.app import Application
 from corral.model.codec import to_data
-from corral.model.instance import TERMINAL_STATES, Instance, InstanceState, can_transition
+from corral.model.instance import TERMINAL_STATES, Instance, InstanceState
 from corral.server import keys
 from corral.server.api.deps import get_ctx
 from corral.server.auth import NODE_ACCESS, Identity, act_for, get_identity
@@ -47,6 +47,14 @@ from corral.server.remote import (
     parse_signal_arg,
     resolve_target,
     signal_instances,
+)
+from corral.server.status_reports import (
+    Refused,
+    StatusReport,
+    changes_event,
+    describe,
+    event_payload,
+    next_record,
 )
 
 __all__ = ["instance_view", "node_versions", "router", "select_instances", "ws_router"]
@@ -165,12 +173,6 @@ async def get_instance(instance_id: str, ctx: Ctx) -> dict[str, Any]:
     return instance_view(ctx, await find_instance(ctx, instance_id))
 
 
-def describe(inst: Instance) -> str:
-    where = f" on {inst.node}" if inst.node else ""
-    text = f"{inst.app}/{inst.service} instance {inst.id}{where} is {inst.state}"
-    return f"{text}: {inst.reason}" if inst.reason else text
-
-
 @router.put("/{instance_id}/status", openapi_extra=NODE_ACCESS)
 async def report_status(instance_id: str, body: StatusBody, ctx: Ctx, caller: Caller
                         ) -> dict[str, Any]:
@@ -180,35 +182,16 @@ async def report_status(instance_id: str, body: StatusBody, ctx: Ctx, caller: Ca
         if item is None:
             raise ApiError(404, f"no instance {instance_id!r}")
         old = item.record
-        if old.node != body.node:
-            raise ApiError(403, f"instance {instance_id} is not assigned to node {body.node}")
-        if not can_transition(old.state, body.state):
-            raise ApiError(409, f"instance {instance_id} cannot go from {old.state} to "
-                                f"{body.state}", {"state": old.state})
-        # A report without a pid keeps the one known while the process still runs.
-        pid = body.pid if body.pid is not None or body.state not in (
-            InstanceState.RUNNING, InstanceState.HEALTHY, InstanceState.UNHEALTHY) else old.pid
-        now = ctx.clock.now()
-        # The server's clock, not the agent's: the rollout compares it with its own `now`.
-        healthy_at = None if body.state != InstanceState.HEALTHY else (
-            old.healthy_at if old.state == InstanceState.HEALTHY else now)
-        new = dataclasses.replace(
-            old, state=body.state, reason=body.reason, pid=pid, exit_code=body.exit_code,
-            restarts=old.restarts if body.restarts is None else body.restarts,
-            health=old.health if body.health is None else body.health,
-            started_at=body.started_at if body.started_at is not None else old.started_at,
-            healthy_at=healthy_at, updated_at=now,
-        )
+        try:
+            new = next_record(old, StatusReport(**body.model_dump()), ctx.clock.now())
+        except Refused as exc:
+            raise ApiError(exc.status, exc.message, exc.details) from None
         if new == dataclasses.replace(old, updated_at=new.updated_at):
             return {"changed": False}
         txn = ctx.records.txn().put(keys.instance(old.id), new, expect=item.mod_revision)
-        if (old.state, old.reason, old.restarts, old.health) != (new.state, new.reason,
-                                                                 new.restarts, new.health):
-            txn.event("instance", old.id, str(new.state), describe(new), {
-                "app": new.app, "namespace": new.namespace, "service": new.service,
-                "node": new.node, "state": new.state, "previous": old.state,
-                "reason": new.reason, "exit_code": new.exit_code, "restarts": new.restarts,
-                "pid": new.pid})
+        if changes_event(old, new):
+            txn.event("instance", old.id, str(new.state), describe(new),
+                      event_payload(old, new))
         if await txn.commit() is not None:
             return {"changed": True}
     raise ApiError(409, f"instance {instance_id} kept changing; retry")
