@@ -66,20 +66,29 @@ class Watcher(threading.Thread):
         self.seen: list[set[str]] = []  # versions answering, per sample
 
     def run(self) -> None:
-        while not self.stop.is_set():
-            insts = live(self.cluster)
-            healthy = [i for i in insts if i["state"] == "healthy"]
-            self.healthy.append(len(healthy))
-            versions = set()
-            for inst in healthy:
-                try:  # it may have been told to stop since the sample: that is no failure
-                    answer = httpx.get(f"http://127.0.0.1:{inst['ports']['http']}/",
-                                       timeout=2)
-                    versions.add(answer.text.strip())
-                except httpx.HTTPError:
-                    pass
-            self.seen.append(versions)
-            time.sleep(0.1)
+        # The API straight away, not `corral ps` (a CLI start-up per sample): under load a
+        # CLI sample took seconds, and samples that far apart could miss the mixed window.
+        api = httpx.Client(base_url=self.cluster.addr, verify=self.cluster.ssl_context(),
+                           headers={"Authorization": f"Bearer {self.cluster.token}"},
+                           timeout=5)
+        with api:
+            while not self.stop.is_set():
+                self.sample(api)
+                time.sleep(0.1)
+
+    def sample(self, api: httpx.Client) -> None:
+        insts = [i for i in api.get("/v1/instances", params={"app": "roll"}).json()
+                 if i["desired"] == "run"]
+        healthy = [i for i in insts if i["state"] == "healthy"]
+        self.healthy.append(len(healthy))
+        versions = set()
+        for inst in healthy:
+            try:  # it may have been told to stop since the sample: that is no failure
+                answer = httpx.get(f"http://127.0.0.1:{inst['ports']['http']}/", timeout=2)
+                versions.add(answer.text.strip())
+            except httpx.HTTPError:
+                pass
+        self.seen.append(versions)
 
 
 def test_rolling_update_then_a_bad_release_reverts(cluster: LocalCluster, tmp_path: Path,

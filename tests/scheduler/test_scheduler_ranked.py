@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corral.model.application import PlacementSpec, Resources
-from corral.scheduler import PlacementRequest, Snapshot, schedule
+from corral.scheduler import PlacementRequest, Snapshot, node_usage, schedule
 from corral.scheduler.colocation import Colocation
 from corral.scheduler.feasibility import (
     Need,
@@ -110,3 +110,16 @@ def test_runs_of_alike_requests_interleaved_with_others(
                                         distinct_hosts=distinct)))
     snapshot = Snapshot(nodes=nodes, instances=())
     assert outcome(snapshot, requests) == exhaustive(snapshot, requests)
+
+
+@settings(max_examples=200, deadline=None)
+@given(snapshot=snapshots(), requests=batches())
+def test_counts_kept_by_the_caller_stand_in_for_the_instances(
+        snapshot: Snapshot, requests: list[PlacementRequest]) -> None:
+    """The server's index keeps usage per node and per-service counts per node; a snapshot
+    with those and no instance records gives the very plan the full snapshot gives."""
+    counted = Colocation(snapshot)
+    services = {(r.namespace, r.app, r.service) for r in requests}
+    lean = Snapshot(nodes=snapshot.nodes, instances=(), usage=node_usage(snapshot),
+                    placed={key: dict(counted.on_node(key)) for key in services})
+    assert schedule(lean, requests) == schedule(snapshot, requests)

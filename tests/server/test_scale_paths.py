@@ -5,6 +5,7 @@ index (`server/index.py`) that must always equal the store."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,13 @@ import pytest
 
 from corral.client import ApiError
 from corral.model.codec import dump_json, load_json
-from corral.model.instance import DesiredState, Instance, InstanceState
+from corral.model.instance import TERMINAL_STATES, DesiredState, Instance, InstanceState
 from corral.model.node import Node
 from corral.scheduler import Snapshot, node_usage
+from corral.scheduler.colocation import Colocation
 from corral.server import keys
-from corral.server.index import StateIndex
+from corral.server.controllers import applications
+from corral.server.index import IdsInUse, StateIndex
 from corral.store import MemoryStore, SqliteStore
 from corral.store.base import Store
 from corral.testing.factories import make_instance, make_node
@@ -126,7 +129,10 @@ def random_instance(rng: random.Random, n: int) -> Instance:
     return make_instance(f"i{n}", node=node, state=state, cpu=rng.choice([0.1, 0.25, 1]),
                          ports={"http": 20000 + n} if node else {},
                          desired=rng.choice([DesiredState.RUN, DesiredState.RUN,
-                                             DesiredState.STOP]))
+                                             DesiredState.STOP]),
+                         app=rng.choice(["shop", "blog"]), service=rng.choice(["web", "db"]),
+                         kind=rng.choice(["service", "service", "job"]),
+                         migrate=bool(node) and rng.random() < 0.3)
 
 
 def check_index(index: StateIndex, instances: dict[str, Instance], nodes: list[Node]) -> None:
@@ -139,6 +145,26 @@ def check_index(index: StateIndex, instances: dict[str, Instance], nodes: list[N
     for node in nodes:
         assert [v.record.id for v in index.on_node(node.name)] == sorted(
             i.id for i in instances.values() if i.node == node.name)
+    apps = sorted({(i.namespace, i.app) for i in instances.values()})
+    assert index.apps() == apps
+    for ns, app in apps:
+        assert [v.record for v in index.of_app(ns, app)] == [
+            instances[k] for k in sorted(instances) if instances[k].app == app]
+        assert [v.record for v in index.jobs_of_app(ns, app)] == [
+            instances[k] for k in sorted(instances)
+            if instances[k].app == app and instances[k].kind == "job"]
+    assert set(index.migrating) == {i.id for i in instances.values() if i.migrate}
+    assert set(index.ended) == {i.id for i in instances.values()
+                                if i.state in TERMINAL_STATES}
+    # What the scheduler's colocation counts from every record, the index keeps.
+    services = {(i.namespace, i.app, i.service) for i in instances.values()}
+    counted = Colocation(Snapshot(nodes=tuple(nodes), instances=tuple(instances.values())))
+    assert index.placed(services) == {
+        key: dict(counted.on_node(key)) for key in services if counted.on_node(key)}
+    assert all(index.in_use(i) for i in instances) and not index.in_use("i-none")
+    taken = IdsInUse(index)
+    taken.add("fresh")
+    assert "fresh" in taken and next(iter(instances)) in taken and "other" not in taken
 
 
 @pytest.mark.parametrize("backend", ["memory", "sqlite"])
@@ -170,9 +196,64 @@ async def test_the_index_equals_the_store_through_random_writes(tmp_path: Path,
                 instances[inst.id] = inst
                 await store.put(keys.instance(inst.id), dump_json(inst))
         check_index(index, instances, nodes)
+        for app in ("shop", "blog"):  # the revision of an application's newest change
+            inst = make_instance("i-last", app=app)
+            instances[inst.id] = inst
+            revision = await store.put(keys.instance(inst.id), dump_json(inst))
+            assert index.app_revision("default", app) == revision
+        assert index.app_revision("default", "nothing") == 0
+        check_index(index, instances, nodes)
         stored, _ = await store.range(keys.INSTANCES)
         assert [(kv.key, load_json(Instance, kv.value), kv.mod_revision) for kv in stored] == [
             (keys.instance(v.record.id), v.record, v.mod_revision)
             for v in index.instances.ordered()]
     finally:
         await store.close()
+
+
+# the applications controller reconciles what changed
+
+
+async def test_only_changed_applications_are_reconciled(
+        srv: ServerHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    await srv.client.register_node(node_body("n1"))
+    await srv.client.apply(WEB)
+    await srv.client.apply({**WEB, "name": "blog"})
+    await srv.reconcile()
+    seen: list[str] = []
+    real = applications._reconcile_app
+
+    async def spy(ctx: Any, app: Any, *args: Any) -> Any:
+        seen.append(app.record.name)
+        return await real(ctx, app, *args)
+
+    monkeypatch.setattr(applications, "_reconcile_app", spy)
+    await applications.reconcile_applications(srv.ctx)
+    await applications.reconcile_applications(srv.ctx)
+    assert seen == [], "nothing changed: nothing to reconcile"
+
+    # One instance of shop changes (its agent reports it running): shop alone.
+    [shop] = [i for i in await srv.client.list_instances(app="shop")][:1]
+    item = await srv.ctx.records.get(Instance, keys.instance(shop["id"]))
+    assert item is not None
+    await srv.ctx.records.txn().put(
+        keys.instance(shop["id"]), dataclasses.replace(item.record, state=InstanceState.RUNNING),
+        expect=item.mod_revision).commit()
+    await applications.reconcile_applications(srv.ctx)
+    assert seen == ["shop"]
+
+    # A scale of blog (its record changes): blog alone, and it creates the instance.
+    seen.clear()
+    await srv.client.apply({**WEB, "name": "blog", "services": {"web": {
+        **WEB["services"]["web"], "instances": 4}}})
+    await applications.reconcile_applications(srv.ctx)
+    assert seen == ["blog"]
+    assert len(await srv.client.list_instances(app="blog")) == 4
+
+    # Once per resync period every application is looked at, changed or not.
+    seen.clear()
+    await applications.reconcile_applications(srv.ctx)  # blog's own write: once more
+    seen.clear()
+    await srv.clock.advance(applications.CONTROLLER.resync)
+    await applications.reconcile_applications(srv.ctx)
+    assert sorted(seen) == ["blog", "shop"]

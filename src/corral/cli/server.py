@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import typer
+import uvloop
 
 from corral.cli.output import EXIT_FAILED, EXIT_USAGE, die
 from corral.logconfig import setup_logging
@@ -71,6 +72,10 @@ def server(
                           event_retention_count=event_retention_count,
                           event_retention_age=retention_age)
     try:
-        asyncio.run(serve(config))
+        # uvloop (libuv) runs the server's event loop, and uvicorn parses HTTP with
+        # httptools when it is installed: the loop and the parser are most of a request's
+        # cost when thousands of agents long-poll and report (docs/benchmarks.md, Scale).
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(config))
     except PkiError as exc:
         die(f"cluster CA: {exc}", EXIT_FAILED)

@@ -207,22 +207,22 @@ def service_hash(spec: ServiceSpec) -> str:
     depth, that has its default value, so adding a field with a default to the spec does
     not change the hash of a stored service (which would replace every instance on
     upgrade)."""
-    from corral.model.codec import dump_json  # local: codec is generic over all records
+    from corral.model.codec import canonical_json  # local: codec is generic over all records
 
     data = _non_default(dataclasses.replace(spec, instances=0, update=UpdateSpec()))
-    return hashlib.sha256(dump_json(data)).hexdigest()[:16]
+    return hashlib.sha256(canonical_json(data)).hexdigest()[:16]
 
 
 def job_hash(spec: JobSpec) -> str:
     """A stable digest of what a job's instance runs, like `service_hash`: what schedules
     and counts its runs (schedule, retries, history_limit...) is left out."""
-    from corral.model.codec import dump_json
+    from corral.model.codec import canonical_json
 
     runs = dataclasses.replace(
         spec, schedule=None, time_zone="UTC", after=(), retries=0, backoff=1.0,
         timeout=None, parallelism=1, completions=1, concurrency="forbid",
         starting_deadline=None, suspend=False, history_limit=20)
-    return hashlib.sha256(dump_json(_non_default(runs))).hexdigest()[:16]
+    return hashlib.sha256(canonical_json(_non_default(runs))).hexdigest()[:16]
 
 
 def _non_default(record: Any) -> dict[str, Any]:

@@ -2,6 +2,14 @@
 record always gives the same bytes: an unchanged value never causes a write or a restart.
 
 One `TypeAdapter` per record type, cached: building one costs far more than using it.
+
+Speed matters here: every store write encodes a record and every read of a record written
+elsewhere decodes one (a million instances are several million of each). `dump_json`
+encodes with orjson (7 us for an instance record, copy included, 19.5 us with the stdlib's
+`json.dumps`); `load_json` lets pydantic parse and validate the bytes in one pass (7.4 us,
+15.8 us through `json.loads`). `canonical_json` keeps the stdlib encoder for what is hashed
+(`service_hash`): its bytes, including escapes of non-ASCII text, must never change across
+upgrades, or every instance would look changed and be replaced.
 """
 
 from __future__ import annotations
@@ -9,9 +17,10 @@ from __future__ import annotations
 import json
 from typing import Any, TypeVar
 
+import orjson
 from pydantic import TypeAdapter
 
-__all__ = ["dump_json", "from_data", "load_json", "to_data"]
+__all__ = ["canonical_json", "dump_json", "from_data", "load_json", "to_data"]
 
 T = TypeVar("T")
 
@@ -38,8 +47,17 @@ def from_data(cls: type[T], data: Any) -> T:
 
 
 def dump_json(obj: Any) -> bytes:
+    # Copied to a bytes object of its own size: orjson's result keeps the memory of its
+    # growing buffer, 8 KiB per 550-byte record once kept (measured: 100,000 kept records
+    # took 788 MiB, the copies 59 MiB). The server keeps many (index hints, commit events).
+    return bytes(memoryview(orjson.dumps(to_data(obj), option=orjson.OPT_SORT_KEYS)))
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Bytes that stay the same across versions of Corral (for hashes)."""
     return json.dumps(to_data(obj), sort_keys=True, separators=(",", ":")).encode()
 
 
 def load_json(cls: type[T], data: bytes | str) -> T:
-    return from_data(cls, json.loads(data))
+    result: T = _adapter(cls).validate_json(data)
+    return result

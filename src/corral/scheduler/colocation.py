@@ -43,7 +43,11 @@ class Colocation:
         # A name listed twice keeps its last record, as in `snapshot.build_budgets`.
         self._nodes = {node.name: node for node in snapshot.nodes}
         self._on_node: dict[ServiceKey, dict[str, int]] = {}
-        for instance in snapshot.instances:
+        if snapshot.placed is not None:
+            for key, counts in snapshot.placed.items():
+                self._on_node[key] = {name: n for name, n in counts.items()
+                                      if name in self._nodes}
+        for instance in () if snapshot.placed is not None else snapshot.instances:
             if counts_for_placement(instance) and instance.node in self._nodes:
                 per_node = self._on_node.setdefault(
                     (instance.namespace, instance.app, instance.service), {})

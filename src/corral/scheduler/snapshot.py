@@ -35,6 +35,12 @@ class Snapshot:
     # caller keeps it current anyway (the server's index): budgets are then built in the
     # number of nodes, without a pass over every instance.
     usage: Mapping[str, NodeUsage] | None = None
+    # Per service (namespace, app, service): node -> its instances there that count for
+    # placement rules (`colocation.counts_for_placement`), for at least every service the
+    # requests place, when the caller keeps them current (the server's index). With both
+    # `usage` and `placed`, `instances` is never read: it may be left empty, and a pass
+    # costs O(nodes + requests) however many instances the cluster runs.
+    placed: Mapping[tuple[str, str, str], Mapping[str, int]] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from corral.clock import Clock
 from corral.server.eventfeed import EventFeed
@@ -90,6 +91,9 @@ class ServerContext:
     pki: ClusterPki | None = None  # None: joining is off (a harness without a CA)
     metrics: ServerMetrics = field(default_factory=ServerMetrics)  # server/metrics.py
     events: EventFeed = field(init=False)  # the event stream's fan-out (server/eventfeed.py)
+    # What a controller remembers between its passes (one entry per controller name), for
+    # the ones that skip what has not changed since (`controllers/applications.py`).
+    controller_state: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.events = EventFeed(self.store, buffer=self.config.event_follower_buffer)

@@ -13,7 +13,14 @@ N full scans. With it:
 - the live nodes (`/nodes-alive/`) are counted, so the heartbeat TTL costs nothing;
 - what the instances hold per node (`usage`, exactly `scheduler.node_usage` over the
   records) and which instances wait for placement (`pending`) are kept as records change,
-  so a scheduling pass and the plan applier cost O(nodes + pending), not O(instances).
+  so a scheduling pass and the plan applier cost O(nodes + pending), not O(instances);
+- so are the instances per application (`of_app`, with the revision of the last change to
+  one of them, `app_revision`), the job instances per application (`jobs_of_app`), the
+  ones migrating off a draining node (`migrating`), the ended ones (`ended`) and, per
+  service, how many count for its placement rules on each node (`placed`): the
+  controllers then cost what changed, not a pass over a million instances (the applications
+  controller reconciles only applications whose instances, deployments or record changed;
+  drain, gc and jobs look only at the few instances that concern them).
 
 Freshness: the index is fed by `Store.subscribe`, which hands it each commit's events on
 the event loop before the writing call returns. So a read after a write sees the write,
@@ -48,15 +55,17 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from corral.model.codec import load_json
-from corral.model.instance import DesiredState, Instance, InstanceState
+from corral.model.instance import TERMINAL_STATES, DesiredState, Instance, InstanceState
 from corral.model.node import Node
+from corral.scheduler.colocation import ServiceKey, counts_for_placement
 from corral.scheduler.snapshot import NodeUsage, holds_resources, millicores
 from corral.server import keys
 from corral.store.base import EventType, Store, WatchEvent
 
-__all__ = ["StateIndex", "Versioned"]
+__all__ = ["IdsInUse", "StateIndex", "Versioned"]
 
 T = TypeVar("T")
+AppKey = tuple[str, str]  # namespace, application
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -150,6 +159,22 @@ class _Table(Generic[T]):
         return [items[k] for k in self._sorted]
 
 
+class IdsInUse:
+    """The instance ids taken: the index's, and those a controller's pass handed out and
+    has not committed yet (a new id must be neither)."""
+
+    def __init__(self, index: StateIndex) -> None:
+        self._index = index
+        self._new: set[str] = set()
+
+    def __contains__(self, instance_id: object) -> bool:
+        return instance_id in self._new or (
+            isinstance(instance_id, str) and self._index.in_use(instance_id))
+
+    def add(self, instance_id: str) -> None:
+        self._new.add(instance_id)
+
+
 _INDEXES: weakref.WeakKeyDictionary[Any, StateIndex] = weakref.WeakKeyDictionary()
 
 
@@ -167,6 +192,15 @@ class StateIndex:
         self.pending: dict[str, None] = {}
         # node name -> revision of the last change to an instance on it.
         self._node_revision: dict[str, int] = {}
+        # (namespace, app) -> instance id -> record; and the revision of the last change.
+        self._by_app: dict[AppKey, dict[str, Versioned[Instance]]] = {}
+        self._app_revision: dict[AppKey, int] = {}
+        self._jobs: dict[AppKey, dict[str, Versioned[Instance]]] = {}
+        self.migrating: dict[str, None] = {}  # ids with `migrate` set
+        self.ended: dict[str, None] = {}  # ids in a terminal state
+        # service -> node -> instances there that count for placement rules
+        # (`scheduler.colocation.counts_for_placement`)
+        self._placed: dict[ServiceKey, Counter[str]] = {}
         self._node_waiters: dict[str, asyncio.Event] = {}
         self._hints: dict[str, tuple[bytes, object]] = {}
         self._loaded = False
@@ -232,6 +266,34 @@ class StateIndex:
         from every record (nodes without instances are absent)."""
         return {name: held.current() for name, held in self._held.items() if held.instances}
 
+    def of_app(self, namespace: str, app: str) -> list[Versioned[Instance]]:
+        """The instances of an application (every kind and state), sorted by id."""
+        found = self._by_app.get((namespace, app), {})
+        return [found[i] for i in sorted(found)]
+
+    def jobs_of_app(self, namespace: str, app: str) -> list[Versioned[Instance]]:
+        """The job instances of an application, sorted by id."""
+        found = self._jobs.get((namespace, app), {})
+        return [found[i] for i in sorted(found)]
+
+    def apps(self) -> list[AppKey]:
+        """Every (namespace, application) that has instances, sorted."""
+        return sorted(self._by_app)
+
+    def app_revision(self, namespace: str, app: str) -> int:
+        """The revision of the last change to an instance of the application (0: none
+        since the index loaded)."""
+        return self._app_revision.get((namespace, app), 0)
+
+    def placed(self, keys_: set[ServiceKey]) -> dict[ServiceKey, dict[str, int]]:
+        """For each service: node -> its instances there that count for placement rules,
+        as `Colocation` would count them from every record (copies: the caller may change
+        them)."""
+        return {key: dict(self._placed[key]) for key in keys_ if key in self._placed}
+
+    def in_use(self, instance_id: str) -> bool:
+        return keys.instance(instance_id) in self.instances.items
+
     def on_node(self, name: str) -> list[Versioned[Instance]]:
         """The instances assigned to `name`, terminal ones included, sorted by id."""
         found = self._by_node.get(name, {})
@@ -280,9 +342,13 @@ class StateIndex:
                 else:
                     old, new = self._pop_instance(key), None
                 for item in (old, new):
-                    if item is not None and item.record.node is not None:
-                        self._node_revision[item.record.node] = revision
-                        woken.add(item.record.node)
+                    if item is None:
+                        continue
+                    inst = item.record
+                    self._app_revision[(inst.namespace, inst.app)] = revision
+                    if inst.node is not None:
+                        self._node_revision[inst.node] = revision
+                        woken.add(inst.node)
             elif key.startswith(keys.NODES):
                 if loaded_at is not None and revision <= loaded_at[keys.NODES]:
                     continue
@@ -317,23 +383,56 @@ class StateIndex:
         old = self.instances.put(key, item)
         if old is not None:
             self._forget(old.record, moved=old.record.node != inst.node)
+            self._unlist(old.record)
         if inst.node is not None:
             self._by_node.setdefault(inst.node, {})[inst.id] = item
             if holds_resources(inst):
                 self._held.setdefault(inst.node, _Held()).add(inst, 1)
         if _pending(inst):
             self.pending[inst.id] = None
+        app = (inst.namespace, inst.app)
+        self._by_app.setdefault(app, {})[inst.id] = item
+        if inst.kind == "job":
+            self._jobs.setdefault(app, {})[inst.id] = item
+        if inst.migrate:
+            self.migrating[inst.id] = None
+        if inst.state in TERMINAL_STATES:
+            self.ended[inst.id] = None
+        if counts_for_placement(inst):
+            service = (inst.namespace, inst.app, inst.service)
+            self._placed.setdefault(service, Counter())[inst.node or ""] += 1
         return old, item
 
     def _pop_instance(self, key: str) -> Versioned[Instance] | None:
         old = self.instances.pop(key)
         if old is not None:
             self._forget(old.record, moved=True)
+            self._unlist(old.record)
         return old
+
+    def _unlist(self, inst: Instance) -> None:
+        """Take `inst` out of the per-application tables."""
+        app = (inst.namespace, inst.app)
+        for table in (self._by_app, self._jobs):
+            mine = table.get(app)
+            if mine is not None:
+                mine.pop(inst.id, None)
+                if not mine:
+                    del table[app]
 
     def _forget(self, inst: Instance, *, moved: bool) -> None:
         """Undo what `inst` (a record being replaced or deleted) counted for."""
         self.pending.pop(inst.id, None)
+        self.migrating.pop(inst.id, None)
+        self.ended.pop(inst.id, None)
+        if counts_for_placement(inst):
+            service = (inst.namespace, inst.app, inst.service)
+            counts = self._placed[service]
+            counts[inst.node or ""] -= 1
+            if counts[inst.node or ""] <= 0:
+                del counts[inst.node or ""]
+                if not counts:
+                    del self._placed[service]
         if inst.node is None:
             return
         if moved:

@@ -96,7 +96,16 @@ async def select_instances(ctx: ServerContext, *, namespace: str | None = None,
                            app: str | None = None, service: str | None = None,
                            node: str | None = None, include_terminal: bool = False
                            ) -> list[Instance]:
-    items, _ = await ctx.records.scan(Instance, keys.INSTANCES)
+    index = ctx.records.index
+    await index.ready()
+    # One application's or one node's instances come from the index's tables for them, not
+    # a pass over every instance of the cluster.
+    if app is not None and namespace is not None:
+        items = index.of_app(namespace, app)
+    elif node is not None:
+        items = index.on_node(node)
+    else:
+        items, _ = await ctx.records.scan(Instance, keys.INSTANCES)
     result = [
         i.record for i in items
         if (namespace is None or i.record.namespace == namespace)

@@ -28,10 +28,10 @@ own node only (403 otherwise); the rest needs the admin token (`server/auth.py`)
 from __future__ import annotations
 
 import dataclasses
-import json
 import secrets
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
@@ -288,8 +288,7 @@ async def node_instances(name: str, ctx: Ctx, caller: Caller, index: int = 0,
             if i.record.state not in TERMINAL_STATES]
     # Encoded here rather than by FastAPI's generic encoder, which walks every field of
     # every instance again: the long poll is the answer sent most often.
-    body = json.dumps({"index": max(instances.revision, index), "instances": mine},
-                      separators=(",", ":"))
+    body = orjson.dumps({"index": max(instances.revision, index), "instances": mine})
     return Response(content=body, media_type="application/json")
 
 

@@ -28,6 +28,7 @@ through their states.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections import defaultdict
 
@@ -51,6 +52,7 @@ from corral.server.dependencies import (
     waiting_for,
     waiting_reason,
 )
+from corral.server.index import IdsInUse
 from corral.server.records import Txn, Versioned
 from corral.server.rollout import Step, Target, plan_service, runs_target, target_of
 from corral.server.versions import latest_deployments, stage_reverts
@@ -79,7 +81,7 @@ def _stop(txn: Txn, item: Versioned[Instance], reason: str, now: float) -> None:
 
 
 def _new_instance(ctx: ServerContext, app: Application, target: Target, name: str, slot: int,
-                  taken: set[str], now: float, env: dict[str, str]) -> Instance:
+                  taken: IdsInUse, now: float, env: dict[str, str]) -> Instance:
     iid = ctx.new_id()
     while iid in taken:
         iid = ctx.new_id()
@@ -106,7 +108,7 @@ def _put_deployment(txn: Txn, dep: Deployment, known: dict[str, Versioned[Deploy
 
 def _apply_step(ctx: ServerContext, txn: Txn, app: Application, name: str, step: Step,
                 items: list[Versioned[Instance]], latest: Versioned[Deployment] | None,
-                taken: set[str], now: float, *, instances: bool,
+                taken: IdsInUse, now: float, *, instances: bool,
                 siblings: list[Instance]) -> None:
     """`siblings`: every instance of the application (the dependencies' among them)."""
     known: dict[str, Versioned[Deployment]] = {latest.record.id: latest} if latest else {}
@@ -215,7 +217,7 @@ def _note_waits(txn: Txn, app: Versioned[Application],
 
 async def _reconcile_active(ctx: ServerContext, txn: Txn, app: Versioned[Application],
                             items: list[Versioned[Instance]],
-                            deployments: list[Versioned[Deployment]], taken: set[str],
+                            deployments: list[Versioned[Deployment]], taken: IdsInUse,
                             now: float) -> list[float]:
     record = app.record
     by_service: dict[str, list[Versioned[Instance]]] = defaultdict(list)
@@ -254,7 +256,7 @@ async def _reconcile_active(ctx: ServerContext, txn: Txn, app: Versioned[Applica
 
 async def _reconcile_app(ctx: ServerContext, app: Versioned[Application],
                          items: list[Versioned[Instance]],
-                         deployments: list[Versioned[Deployment]], taken: set[str]
+                         deployments: list[Versioned[Deployment]], taken: IdsInUse
                          ) -> float | None:
     now = ctx.clock.now()
     txn = ctx.records.txn()
@@ -273,34 +275,76 @@ async def _reconcile_app(ctx: ServerContext, app: Versioned[Application],
     return min(wake, default=None)
 
 
+@dataclasses.dataclass(slots=True)
+class _Seen:
+    """Per application, what its last pass was given and when time alone changes it."""
+
+    # revisions of the app record, of its newest deployment change, of its newest instance
+    # change; and how many deployments it has
+    inputs: tuple[int, int, int, int]
+    due: float | None  # when time alone changes its rollout (None: never)
+
+
+@dataclasses.dataclass(slots=True)
+class _Memory:
+    seen: dict[tuple[str, str], _Seen] = dataclasses.field(default_factory=dict)
+    full_at: float = float("-inf")  # the last pass that reconciled every application
+
+
 async def reconcile_applications(ctx: ServerContext) -> float | None:
-    """Returns how soon time alone changes a rollout (a new instance ready, a deadline)."""
+    """Returns how soon time alone changes a rollout (a new instance ready, a deadline).
+
+    An application is reconciled when its record, one of its deployments or one of its
+    instances changed since its last pass, when a deadline it returned has come, or when
+    it is being deleted; and every application at least once per resync period. A pass
+    then costs the applications that changed, not every instance of the cluster (a rollout
+    of one application no longer re-plans the other 99), and the loop yields between
+    applications so one large pass never stalls the API."""
+    memory: _Memory = ctx.controller_state.setdefault("applications", _Memory())
     apps, _ = await ctx.records.scan(Application, keys.APPS)
-    instances, _ = await ctx.records.scan(Instance, keys.INSTANCES)
     deployments, _ = await ctx.records.scan(Deployment, keys.DEPLOYMENTS)
-    taken: set[str] = {i.record.id for i in instances}
-    by_app: dict[tuple[str, str], list[Versioned[Instance]]] = defaultdict(list)
-    for item in instances:
-        by_app[(item.record.namespace, item.record.app)].append(item)
+    index = ctx.records.index
+    await index.ready()
+    taken = IdsInUse(index)
     deps_by_app: dict[tuple[str, str], list[Versioned[Deployment]]] = defaultdict(list)
     for dep in deployments:
         deps_by_app[(dep.record.namespace, dep.record.app)].append(dep)
+    now = ctx.clock.now()
+    full = now - memory.full_at >= CONTROLLER.resync
+    if full:
+        memory.full_at = now
     known = set()
     wake: list[float] = []
     for app in apps:
         ident = (app.record.namespace, app.record.name)
         known.add(ident)
-        at = await _reconcile_app(ctx, app, by_app.get(ident, []), deps_by_app.get(ident, []),
-                                  taken)
+        deps = deps_by_app.get(ident, [])
+        inputs = (app.mod_revision, max((d.mod_revision for d in deps), default=0),
+                  index.app_revision(*ident), len(deps))
+        seen = memory.seen.get(ident)
+        if not full and seen is not None and seen.inputs == inputs and \
+                (seen.due is None or seen.due > ctx.clock.now()) and \
+                app.record.status != AppStatus.DELETING:
+            if seen.due is not None:
+                wake.append(seen.due)
+            continue
+        # Instances read after the last await (the index moves only between awaits).
+        at = await _reconcile_app(ctx, app, index.of_app(*ident), deps, taken)
+        # Its own writes change its inputs: the next pass looks once more and, finding
+        # nothing to do, remembers the inputs it then saw.
+        memory.seen[ident] = _Seen(inputs=inputs, due=at)
         if at is not None:
             wake.append(at)
+        await asyncio.sleep(0)
+    for ident in set(memory.seen) - known:
+        del memory.seen[ident]
     # Instances of an application that no longer exists (e.g. removed by hand): stop them.
     now = ctx.clock.now()
     txn = ctx.records.txn()
-    for ident, items in by_app.items():
+    for ident in index.apps():
         if ident in known:
             continue
-        for item in items:
+        for item in index.of_app(*ident):
             if item.record.state in TERMINAL_STATES:
                 continue
             if item.record.desired == DesiredState.RUN:

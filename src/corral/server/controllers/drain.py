@@ -38,20 +38,31 @@ def _max_parallel(apps: dict[tuple[str, str], Application], inst: Instance) -> i
 
 
 async def reconcile_drains(ctx: ServerContext) -> None:
-    nodes, _ = await ctx.records.scan(Node, keys.NODES)
-    instances, _ = await ctx.records.scan(Instance, keys.INSTANCES)
-    now = ctx.clock.now()
-    on: dict[str, list[Versioned[Instance]]] = defaultdict(list)
-    for item in instances:
-        inst = item.record
-        if inst.node and inst.desired == DesiredState.RUN and inst.state not in TERMINAL_STATES:
-            on[inst.node].append(item)
     apps = {(a.record.namespace, a.record.name): a.record
             for a in (await ctx.records.scan(Application, keys.APPS))[0]}
+    index = ctx.records.index
+    await index.ready()
+    # Read after the last await: nodes and instances at one revision. Only draining nodes
+    # and the nodes of migrating instances concern a drain, and the index lists both: a
+    # pass costs O(nodes), never a read of every instance.
+    nodes, _ = await ctx.records.scan(Node, keys.NODES)
+    now = ctx.clock.now()
+    concerned = {n.record.name for n in nodes if n.record.state == NodeState.DRAINING}
+    for iid in index.migrating:
+        found = index.instance(iid)
+        if found is not None and found.record.node is not None:
+            concerned.add(found.record.node)
+    on: dict[str, list[Versioned[Instance]]] = {
+        name: [item for item in index.on_node(name)
+               if item.record.desired == DesiredState.RUN
+               and item.record.state not in TERMINAL_STATES]
+        for name in concerned}
     txn = ctx.records.txn()
     for node_item in nodes:
         node = node_item.record
-        mine = on.get(node.name, [])
+        if node.name not in concerned:
+            continue
+        mine = on[node.name]
         if node.state != NodeState.DRAINING:
             # Uncordoned (or down) mid-drain: nothing there should migrate any more.
             for item in mine:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from corral.model.deployment import Deployment
-from corral.model.instance import TERMINAL_STATES, Instance
+from corral.model.instance import TERMINAL_STATES
 from corral.server import keys
 from corral.server.context import ServerContext
 from corral.server.controllers.base import Controller
@@ -23,9 +23,13 @@ __all__ = ["CONTROLLER", "reconcile_gc"]
 
 async def reconcile_gc(ctx: ServerContext) -> None:
     now = ctx.clock.now()
-    instances, _ = await ctx.records.scan(Instance, keys.INSTANCES)
+    index = ctx.records.index
+    await index.ready()
     txn = ctx.records.txn()
-    for item in instances:
+    for iid in sorted(index.ended):  # the index lists the ended ones: no pass over all
+        item = index.instance(iid)
+        if item is None:
+            continue
         inst = item.record
         if inst.state in TERMINAL_STATES and \
                 now - inst.updated_at > ctx.config.terminal_retention:

@@ -55,6 +55,7 @@ from corral.model.job import JobRun, JobRunId, JobRunState, JobState, RunCause, 
 from corral.server import keys
 from corral.server.context import ServerContext
 from corral.server.controllers.base import Controller
+from corral.server.index import IdsInUse
 from corral.server.records import Txn, Versioned
 
 __all__ = ["CONTROLLER", "job_event", "reconcile_jobs", "run_id"]
@@ -96,7 +97,7 @@ class _AppPass:
     """One application's pass: reads are given, writes collect in one transaction."""
 
     def __init__(self, ctx: ServerContext, app: Application, jobs: dict[str, _Job],
-                 instances: list[Versioned[Instance]], taken: set[str], now: float) -> None:
+                 instances: list[Versioned[Instance]], taken: IdsInUse, now: float) -> None:
         self.ctx = ctx
         self.app = app
         self.jobs = jobs
@@ -382,18 +383,20 @@ async def reconcile_jobs(ctx: ServerContext) -> float | None:
     apps, _ = await ctx.records.scan(Application, keys.APPS)
     state_items, _ = await ctx.records.scan(JobState, keys.JOBS)
     run_items, _ = await ctx.records.scan(JobRun, keys.JOB_RUNS)
-    inst_items, _ = await ctx.records.scan(Instance, keys.INSTANCES)
-    taken: set[str] = {i.record.id for i in inst_items}
+    index = ctx.records.index
+    await index.ready()
+    taken = IdsInUse(index)
     states: dict[tuple[str, str], list[Versioned[JobState]]] = defaultdict(list)
     for s in state_items:
         states[(s.record.namespace, s.record.app)].append(s)
     runs: dict[tuple[str, str], list[Versioned[JobRun]]] = defaultdict(list)
     for r in run_items:
         runs[(r.record.namespace, r.record.app)].append(r)
-    insts: dict[tuple[str, str], list[Versioned[Instance]]] = defaultdict(list)
-    for i in inst_items:
-        if i.record.kind == "job":
-            insts[(i.record.namespace, i.record.app)].append(i)
+    # Job instances only, per application, from the index (never a pass over every
+    # instance); read after the last await, with the records above.
+    insts: dict[tuple[str, str], list[Versioned[Instance]]] = {
+        (ns, name): found for ns, name in index.apps()
+        if (found := index.jobs_of_app(ns, name))}
     wake: list[float] = []
     known = set()
     for item in apps:

@@ -53,9 +53,11 @@ async def reconcile_scheduling(ctx: ServerContext) -> None:
         svc = app.spec.services.get(inst.service) if app else None
         return svc.placement if svc else PlacementSpec()
 
-    snapshot = Snapshot(nodes=tuple(n.record for n in node_items),
-                        instances=tuple(i.record for i in index.instances.items.values()),
-                        usage=index.usage())
+    # Usage per node and, for the services placed, their counts per node come from the
+    # index: the snapshot needs no instance records at all.
+    services = {(i.namespace, i.app, i.service) for i in pending}
+    snapshot = Snapshot(nodes=tuple(n.record for n in node_items), instances=(),
+                        usage=index.usage(), placed=index.placed(services))
     requests = [request_for(i, placement(i)) for i in pending]
     scheduling = time.perf_counter()
     plan = schedule(snapshot, requests)
@@ -66,7 +68,7 @@ async def reconcile_scheduling(ctx: ServerContext) -> None:
     log.log(logging.INFO if placed or dropped else logging.DEBUG, "scheduling pass", extra={
         "requests": len(requests), "placed": placed, "dropped": dropped,
         "failed": len(plan.failures), "nodes": len(snapshot.nodes),
-        "instances": len(snapshot.instances),
+        "instances": len(index.instances.items),
         "snapshot_seconds": round(scheduling - started, 6),
         "schedule_seconds": round(applying - scheduling, 6),
         "apply_seconds": round(done - applying, 6)})
