@@ -257,3 +257,17 @@ async def test_only_changed_applications_are_reconciled(
     await srv.clock.advance(applications.CONTROLLER.resync)
     await applications.reconcile_applications(srv.ctx)
     assert sorted(seen) == ["blog", "shop"]
+
+
+async def test_a_stopping_server_answers_every_long_poll_at_once() -> None:
+    store = MemoryStore()
+    index = StateIndex(store)
+    await index.ready()
+    waiting = asyncio.create_task(index.wait_node("n1", 1, timeout=300))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    index.release_waiters()
+    assert await asyncio.wait_for(waiting, 5) == 1  # nothing newer than asked
+    # and a poll that starts afterwards does not wait either
+    assert await asyncio.wait_for(index.wait_node("n2", 1, timeout=300), 5) == 1
+    index.close()

@@ -204,6 +204,7 @@ class StateIndex:
         self._node_waiters: dict[str, asyncio.Event] = {}
         self._hints: dict[str, tuple[bytes, object]] = {}
         self._loaded = False
+        self._closing = False
         self._loading: asyncio.Lock | None = None
         # Commits seen while loading, applied once loaded. Before anyone asked for the
         # index (None and not loaded) commits are ignored: the load will read them.
@@ -302,13 +303,22 @@ class StateIndex:
     async def wait_node(self, name: str, index: int, timeout: float) -> int:
         """Return once an instance assigned to (or taken from) `name` changed after revision
         `index`, or after `timeout` seconds; returns the index to wait from next."""
-        if self._node_revision.get(name, 0) <= index:
+        if self._node_revision.get(name, 0) <= index and not self._closing:
             event = self._node_waiters.get(name)
             if event is None:
                 event = self._node_waiters[name] = asyncio.Event()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout)
         return max(self.revision, index)
+
+    def release_waiters(self) -> None:
+        """The server is stopping: every long poll answers now, and new ones at once, so
+        they end before the HTTP server's graceful-shutdown timeout rather than being
+        cancelled by it (one traceback per connected agent)."""
+        self._closing = True
+        waiters, self._node_waiters = self._node_waiters, {}
+        for waiter in waiters.values():
+            waiter.set()
 
     # writes
 

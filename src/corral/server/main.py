@@ -106,8 +106,13 @@ async def serve(config: ServerConfig) -> None:
         certfile=None if config.insecure_http else pki.server_cert_path,
         keyfile=None if config.insecure_http else pki.server_key_path)
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        server.should_exit = True
+        ctx.records.index.release_waiters()  # agents' long polls answer and end now
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+        loop.add_signal_handler(sig, stop)
     log.info("corral server listening on %s://%s:%d",
              "http" if config.insecure_http else "https", config.host, port)
     try:
