@@ -84,7 +84,8 @@ def spec(index: int, instances: int) -> dict[str, Any]:
 class Lines:
     """Reads a child's stdout JSON lines on a thread; keeps the latest of each kind."""
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.log = log
         self.latest: dict[str, dict[str, Any]] = {}
         self.changed = threading.Condition()
         self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
@@ -110,7 +111,8 @@ class Lines:
                                          timeout):
                 raise TimeoutError(f"timed out; last: {self.latest.get('progress')}")
             if not predicate(self.latest):
-                raise RuntimeError("the hollow nodes' process ended early (see hollow.log)")
+                raise RuntimeError("the hollow nodes' process ended early; the end of its "
+                                   "log:\n" + self.log.read_text(errors="replace")[-4000:])
             return dict(self.latest)
 
 
@@ -298,7 +300,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                                   stderr=open(tmp / "hollow.log", "wb"),  # noqa: SIM115
                                   stdin=subprocess.DEVNULL, start_new_session=True)
         procs.append(hollow)
-        lines = Lines(hollow)
+        lines = Lines(hollow, tmp / "hollow.log")
         started = time.time()
         lines.wait(lambda latest: "registered" in latest, args.timeout)
         result["register_seconds"] = round(time.time() - started, 2)

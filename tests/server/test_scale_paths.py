@@ -271,3 +271,29 @@ async def test_a_stopping_server_answers_every_long_poll_at_once() -> None:
     # and a poll that starts afterwards does not wait either
     assert await asyncio.wait_for(index.wait_node("n2", 1, timeout=300), 5) == 1
     index.close()
+
+
+async def test_a_long_poll_wakes_for_instructions_not_for_its_own_reports() -> None:
+    store = MemoryStore()
+    index = StateIndex(store)
+    await index.ready()
+    inst = make_instance("i1", node="n1", state=InstanceState.SCHEDULED)
+    at = await store.put(keys.instance("i1"), dump_json(inst))
+
+    async def woken(change: Instance) -> bool:
+        nonlocal at
+        poll = asyncio.create_task(index.wait_node("n1", at, timeout=300))
+        await asyncio.sleep(0)
+        at = await store.put(keys.instance("i1"), dump_json(change))
+        await asyncio.sleep(0.01)
+        done = poll.done()
+        poll.cancel()
+        return done
+
+    running = dataclasses.replace(inst, state=InstanceState.RUNNING, pid=42, updated_at=5.0)
+    assert not await woken(running), "the agent's own report came back to it"
+    stop = dataclasses.replace(running, desired=DesiredState.STOP)
+    assert await woken(stop), "a stop request is news to the agent"
+    lost = dataclasses.replace(stop, state=InstanceState.LOST, reason="node down")
+    assert await woken(lost), "so is the server declaring it lost"
+    index.close()

@@ -8,7 +8,8 @@ N full scans. With it:
 - `Records.scan` and `Records.get` of `/instances/` and `/nodes/` answer from memory, in
   key order, as fresh as the store (see below);
 - instances are also indexed by node, so a node's long poll costs its own instances only,
-  and it is woken only when one of *its* instances changed (`wait_node`), never by the
+  and it is woken only when one of *its* instances changed in a way its agent must learn
+  (`wait_node`; not by the agent's own status reports coming back), never by the
   cluster's other changes;
 - the live nodes (`/nodes-alive/`) are counted, so the heartbeat TTL costs nothing;
 - what the instances hold per node (`usage`, exactly `scheduler.node_usage` over the
@@ -113,6 +114,24 @@ class _Held:
             self.usage = NodeUsage(cpu_milli=self.cpu, memory=self.memory,
                                    ports=tuple(sorted(self.ports)), instances=self.instances)
         return self.usage
+
+
+# What a node's agent writes about its instances in its status reports
+# (`server/status_reports.next_record`). A change to these alone tells the agent nothing
+# it does not know: its long poll is not woken for it (it was, and at scale half of all
+# answers were the node's own reports coming back). Every other field is an instruction
+# (assigned, stopped, moved, changed), and `lost` is the server's own verdict.
+_REPORTED = frozenset({"state", "reason", "pid", "exit_code", "restarts", "health",
+                       "started_at", "healthy_at", "updated_at"})
+_INSTRUCTED = tuple(f.name for f in dataclasses.fields(Instance) if f.name not in _REPORTED)
+
+
+def _tells_the_agent(old: Instance | None, new: Instance | None) -> bool:
+    if old is None or new is None:
+        return True
+    if new.state == InstanceState.LOST and old.state != InstanceState.LOST:
+        return True
+    return any(getattr(old, name) != getattr(new, name) for name in _INSTRUCTED)
 
 
 def _pending(inst: Instance) -> bool:
@@ -351,12 +370,14 @@ class StateIndex:
                     old, new = self._put_instance(key, kv.value, revision, revision)
                 else:
                     old, new = self._pop_instance(key), None
+                tells = _tells_the_agent(old.record if old else None,
+                                         new.record if new else None)
                 for item in (old, new):
                     if item is None:
                         continue
                     inst = item.record
                     self._app_revision[(inst.namespace, inst.app)] = revision
-                    if inst.node is not None:
+                    if inst.node is not None and tells:
                         self._node_revision[inst.node] = revision
                         woken.add(inst.node)
             elif key.startswith(keys.NODES):
