@@ -15,7 +15,7 @@ import pytest
 from corral.client import ApiError
 from corral.model.codec import dump_json, load_json
 from corral.model.instance import TERMINAL_STATES, DesiredState, Instance, InstanceState
-from corral.model.node import Node
+from corral.model.node import Node, NodeState
 from corral.scheduler import Snapshot, node_usage
 from corral.scheduler.colocation import Colocation
 from corral.server import keys
@@ -296,4 +296,25 @@ async def test_a_long_poll_wakes_for_instructions_not_for_its_own_reports() -> N
     assert await woken(stop), "a stop request is news to the agent"
     lost = dataclasses.replace(stop, state=InstanceState.LOST, reason="node down")
     assert await woken(lost), "so is the server declaring it lost"
+    index.close()
+
+
+async def test_the_index_lists_nodes_without_a_lease_and_draining_nodes() -> None:
+    store = MemoryStore()
+    await store.put(keys.node("a"), dump_json(make_node("a")))
+    await store.put(keys.node_alive("a"), b"1")
+    index = StateIndex(store)
+    await index.ready()
+    assert (index.unalive, index.draining) == (set(), set())
+    await store.put(keys.node("b"), dump_json(make_node("b")))  # registered, no lease yet
+    assert index.unalive == {"b"}
+    await store.put(keys.node_alive("b"), b"2")
+    await store.delete(keys.node_alive("a"))  # a's lease expired
+    assert index.unalive == {"a"}
+    await store.put(keys.node("b"), dump_json(dataclasses.replace(
+        make_node("b"), state=NodeState.DRAINING)))
+    assert index.draining == {"b"}
+    await store.put(keys.node("b"), dump_json(make_node("b")))  # uncordoned
+    await store.delete(keys.node("a"))
+    assert (index.unalive, index.draining) == (set(), set())
     index.close()

@@ -490,3 +490,15 @@ class StoreConformance:
         await store.lease_grant(5, 2.0, now=43.0)  # a new ttl
         assert await store.expire_leases(now=45.0) == [5]
         assert await store.get("/alive/n") is None
+
+    async def test_many_leases_expire_each_at_its_own_latest_time(self, store: Store) -> None:
+        for lease in range(1, 201):
+            await store.lease_grant(lease, 10.0, now=0.0)
+        for step in range(1, 21):  # the even leases are kept alive, many times over
+            for lease in range(2, 201, 2):
+                assert await store.lease_keepalive(lease, now=step * 0.4)
+        assert await store.expire_leases(now=9.9) == []
+        assert await store.expire_leases(now=10.0) == list(range(1, 201, 2))
+        assert await store.expire_leases(now=17.9) == []
+        assert await store.expire_leases(now=18.0) == list(range(2, 201, 2))
+        assert await store.expire_leases(now=100.0) == []

@@ -57,7 +57,7 @@ from typing import Any, Generic, TypeVar
 
 from corral.model.codec import load_json
 from corral.model.instance import TERMINAL_STATES, DesiredState, Instance, InstanceState
-from corral.model.node import Node
+from corral.model.node import Node, NodeState
 from corral.scheduler.colocation import ServiceKey, counts_for_placement
 from corral.scheduler.snapshot import NodeUsage, holds_resources, millicores
 from corral.server import keys
@@ -204,6 +204,10 @@ class StateIndex:
         self.instances: _Table[Instance] = _Table()
         self.nodes: _Table[Node] = _Table()
         self.alive: dict[str, bytes] = {}  # node name -> its /nodes-alive/ value (lease id)
+        # names of nodes with a record but no live lease (the node controller's work), and
+        # of draining nodes (the drain controller's): neither reads every node per pass
+        self.unalive: set[str] = set()
+        self.draining: set[str] = set()
         # node name -> instance id -> record: what each node's long poll answers.
         self._by_node: dict[str, dict[str, Versioned[Instance]]] = {}
         self._held: dict[str, _Held] = {}
@@ -265,8 +269,9 @@ class StateIndex:
         for kv in instances:
             self._put_instance(kv.key, kv.value, kv.mod_revision, inst_rev)
         for kv in nodes:
-            self.nodes.put(kv.key, Versioned(load_json(Node, kv.value), kv.mod_revision))
+            self._put_node(kv.key, Versioned(load_json(Node, kv.value), kv.mod_revision))
         self.alive = {kv.key.removeprefix(keys.NODES_ALIVE): kv.value for kv in alive}
+        self.unalive = {v.record.name for v in self.nodes.items.values()} - set(self.alive)
         self.revision = max(inst_rev, node_rev, alive_rev)
         buffered, self._buffer = self._buffer or [], None
         self._loaded = True
@@ -386,21 +391,37 @@ class StateIndex:
                 if event.type == EventType.PUT:
                     record = self._hinted(key, kv.value)
                     node = record if isinstance(record, Node) else load_json(Node, kv.value)
-                    self.nodes.put(key, Versioned(node, revision))
+                    self._put_node(key, Versioned(node, revision))
                 else:
-                    self.nodes.pop(key)
+                    gone = self.nodes.pop(key)
+                    if gone is not None:
+                        self.unalive.discard(gone.record.name)
+                        self.draining.discard(gone.record.name)
             elif key.startswith(keys.NODES_ALIVE):
                 if loaded_at is not None and revision <= loaded_at[keys.NODES_ALIVE]:
                     continue
                 name = key.removeprefix(keys.NODES_ALIVE)
                 if event.type == EventType.PUT:
                     self.alive[name] = kv.value
+                    self.unalive.discard(name)
                 else:
                     self.alive.pop(name, None)
+                    if keys.node(name) in self.nodes.items:
+                        self.unalive.add(name)
         for name in woken:
             waiter = self._node_waiters.pop(name, None)
             if waiter is not None:
                 waiter.set()
+
+    def _put_node(self, key: str, item: Versioned[Node]) -> None:
+        self.nodes.put(key, item)
+        name = item.record.name
+        if name not in self.alive:
+            self.unalive.add(name)
+        if item.record.state == NodeState.DRAINING:
+            self.draining.add(name)
+        else:
+            self.draining.discard(name)
 
     def _hinted(self, key: str, value: bytes) -> object | None:
         hint = self._hints.pop(key, None)

@@ -37,6 +37,7 @@ watcher, so one that stops reading costs a cursor and never slows a writer.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import os
 import sqlite3
 from bisect import bisect_left
@@ -448,6 +449,11 @@ class SqliteStore:
         self._db = db
         # lease id -> [ttl, expires_at]: the live expiry of every lease (see the docstring)
         self._leases: dict[int, list[float]] = {i: [t, e] for i, (t, e) in leases.items()}
+        # (expires_at, lease id) for every expiry ever set, the stale ones included (an
+        # entry is stale once its lease moved on): `expire_leases` pops what is due instead
+        # of reading every lease, which made registering N nodes cost O(N^2).
+        self._expiries: list[tuple[float, int]] = [(e, i) for i, (_, e) in leases.items()]
+        heapq.heapify(self._expiries)
         self._executor = executor
         self._loop = asyncio.get_running_loop()
         self._revision = db.revision
@@ -527,9 +533,17 @@ class SqliteStore:
             self._check_open()
             # A refresh, even with a new TTL: in memory only (see the module docstring).
             lease[0], lease[1] = ttl, now + ttl
+            self._expires(lease_id, now + ttl)
             return
         await self._write(partial(self._db.lease_grant, lease_id, ttl, now))
         self._leases[lease_id] = [ttl, now + ttl]
+        self._expires(lease_id, now + ttl)
+
+    def _expires(self, lease_id: int, at: float) -> None:
+        heapq.heappush(self._expiries, (at, lease_id))
+        if len(self._expiries) > 4 * len(self._leases) + 64:  # mostly stale: rebuild
+            self._expiries = [(e, i) for i, (_, e) in self._leases.items()]
+            heapq.heapify(self._expiries)
 
     async def lease_keepalive(self, lease_id: int, *, now: float) -> bool:
         self._check_open()
@@ -537,6 +551,7 @@ class SqliteStore:
         if lease is None or lease[1] <= now:
             return False
         lease[1] = now + lease[0]
+        self._expires(lease_id, lease[1])
         return True
 
     async def lease_revoke(self, lease_id: int) -> int:
@@ -547,9 +562,21 @@ class SqliteStore:
 
     async def expire_leases(self, *, now: float) -> list[int]:
         self._check_open()
-        due = sorted(i for i, (_, expires) in self._leases.items() if expires <= now)
+        found: set[int] = set()
+        while self._expiries and self._expiries[0][0] <= now:
+            _, lease_id = heapq.heappop(self._expiries)
+            lease = self._leases.get(lease_id)
+            if lease is not None and lease[1] <= now:
+                found.add(lease_id)
+        due = sorted(found)
         if due:
-            await self._write(partial(self._db.revoke_leases, due))
+            try:
+                await self._write(partial(self._db.revoke_leases, due))
+            except BaseException:
+                for lease_id in due:  # still due: the next call tries again
+                    if lease_id in self._leases:
+                        heapq.heappush(self._expiries, (self._leases[lease_id][1], lease_id))
+                raise
             for lease_id in due:
                 self._leases.pop(lease_id, None)
         return due

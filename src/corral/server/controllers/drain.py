@@ -22,7 +22,7 @@ from collections import defaultdict
 
 from corral.model.app import Application
 from corral.model.instance import TERMINAL_STATES, DesiredState, Instance
-from corral.model.node import Node, NodeState
+from corral.model.node import NodeState
 from corral.server import keys
 from corral.server.context import ServerContext
 from corral.server.controllers.base import Controller
@@ -38,16 +38,18 @@ def _max_parallel(apps: dict[tuple[str, str], Application], inst: Instance) -> i
 
 
 async def reconcile_drains(ctx: ServerContext) -> None:
-    apps = {(a.record.namespace, a.record.name): a.record
-            for a in (await ctx.records.scan(Application, keys.APPS))[0]}
     index = ctx.records.index
     await index.ready()
-    # Read after the last await: nodes and instances at one revision. Only draining nodes
-    # and the nodes of migrating instances concern a drain, and the index lists both: a
-    # pass costs O(nodes), never a read of every instance.
-    nodes, _ = await ctx.records.scan(Node, keys.NODES)
+    # Only draining nodes and the nodes of migrating instances concern a drain, and the
+    # index lists both: a pass costs what is draining, never a read of every node or
+    # instance (it is woken by every instance change of the cluster).
+    if not index.draining and not index.migrating:
+        return
+    apps = {(a.record.namespace, a.record.name): a.record
+            for a in (await ctx.records.scan(Application, keys.APPS))[0]}
+    # Read after the last await: nodes and instances at one revision.
     now = ctx.clock.now()
-    concerned = {n.record.name for n in nodes if n.record.state == NodeState.DRAINING}
+    concerned = set(index.draining)
     for iid in index.migrating:
         found = index.instance(iid)
         if found is not None and found.record.node is not None:
@@ -58,10 +60,11 @@ async def reconcile_drains(ctx: ServerContext) -> None:
                and item.record.state not in TERMINAL_STATES]
         for name in concerned}
     txn = ctx.records.txn()
-    for node_item in nodes:
-        node = node_item.record
-        if node.name not in concerned:
+    for name in sorted(concerned):
+        node_item = index.node(name)
+        if node_item is None:
             continue
+        node = node_item.record
         mine = on[node.name]
         if node.state != NodeState.DRAINING:
             # Uncordoned (or down) mid-drain: nothing there should migrate any more.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from corral.model.instance import TERMINAL_STATES, InstanceState
-from corral.model.node import Node, NodeState
+from corral.model.node import NodeState
 from corral.server import keys
 from corral.server.context import ServerContext, heartbeat_ttl
 from corral.server.controllers.base import Controller
@@ -31,10 +31,11 @@ async def renew_all_leases(ctx: ServerContext) -> None:
 
 async def reconcile_nodes(ctx: ServerContext) -> None:
     await ctx.store.expire_leases(now=ctx.clock.now())
-    nodes, _ = await ctx.records.scan(Node, keys.NODES)
-    index = ctx.records.index  # ready: the scan above loaded it
-    alive = index.alive
-    down = [n for n in nodes if n.record.name not in alive and n.record.state != NodeState.DOWN]
+    index = ctx.records.index
+    await index.ready()
+    # The index lists the nodes without a live lease: a pass never reads every node.
+    down = [item for name in sorted(index.unalive)
+            if (item := index.node(name)) is not None and item.record.state != NodeState.DOWN]
     if not down:
         return
     now = ctx.clock.now()
