@@ -114,3 +114,44 @@ async def fleet_round(srv: ServerHarness, batch: bool) -> None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await fleet.close()
+
+
+class LosesFirstReplies(httpx.AsyncBaseTransport):
+    """The server gets each request; the first `count` status batches' answers are lost
+    on the way back (a client timeout after the server committed)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, count: int) -> None:
+        self.inner = inner
+        self.count = count
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.method == "PUT" and request.url.path.endswith("/status") and self.count:
+            self.count -= 1
+            raise httpx.ReadTimeout("answer lost", request=request)
+        return response
+
+
+async def test_a_batch_whose_answer_was_lost_is_sent_again_and_counted(
+        tmp_path: Path) -> None:
+    async with server_harness(tmp_path) as srv:
+        spec = FleetSpec(count=1, labels=(), poll_wait=5)
+        fleet = HollowFleet(ClientConfig(addr="http://corral", token=TOKEN), spec,
+                            transport=LosesFirstReplies(httpx.ASGITransport(app=srv.app), 2))
+        task = asyncio.create_task(fleet.run())
+        try:
+            await until(lambda: fleet.stats.registered == 1, "registered")
+            await srv.client.apply({"name": "sim", "services": {"web": {
+                "instances": 2, "command": ["sleep", "1"],
+                "resources": {"cpu": 0.5, "memory": "1GiB"}}}})
+            await srv.reconcile()
+            # Committed the first time: the server has nothing new to tell the node, so
+            # only sending the batch again lets the fleet know they run.
+            await until(lambda: fleet.stats.running == 2, "both counted running")
+            assert {i["state"] for i in await srv.client.list_instances(app="sim")} == \
+                {"running"}
+            assert fleet.stats.errors == 2
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await fleet.close()

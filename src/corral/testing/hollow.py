@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 
 GiB = 1024 ** 3
 _ENDED = ("stopped", "lost")
+_REPORT_ATTEMPTS = 6  # a batch of status reports that timed out is sent again
 _STARTED = ("starting", "running", "healthy")
 
 
@@ -364,12 +365,27 @@ class HollowFleet:
             node.handled[iid] = states[-1]
         if self._batch:
             body = [{"id": iid, "state": state} for iid, states in reports for state in states]
-            try:
-                answer = await self._timed(client.report_statuses(node.name, body))
-            except (Unreachable, ApiError) as exc:
-                self._error(exc)
-                if isinstance(exc, ApiError) and exc.status in (404, 405):
-                    self._batch = False  # an older server: one report per transition
+            delay = 0.2
+            answer: dict[str, Any] | None = None
+            for attempt in range(_REPORT_ATTEMPTS):
+                try:
+                    answer = await self._timed(client.report_statuses(node.name, body))
+                    break
+                except Unreachable as exc:
+                    # A timed-out batch may have been committed all the same: the server
+                    # then has nothing new to tell this node, and no answer would ask for
+                    # the reports again. Send it again (a report of the state an instance
+                    # is already in is accepted, a step back refused, per instance).
+                    self._error(exc)
+                    if attempt + 1 < _REPORT_ATTEMPTS:
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 5.0)
+                except ApiError as exc:
+                    self._error(exc)
+                    if exc.status in (404, 405):
+                        self._batch = False  # an older server: one report per transition
+                    break
+            if answer is None:
                 for iid, _ in reports:
                     node.handled.pop(iid, None)  # the next answer asks again
                 return
