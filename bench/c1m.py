@@ -292,7 +292,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             time.sleep(0.1)
         token = (data / "admin-token").read_text().strip()
         hollow_cmd = [sys.executable, "-m", "corral.testing.hollow", "--server", addr,
-                      "--token", token, "--nodes", str(args.nodes), "--labels", "zone=a,b,c",
+                      f"--token={token}", "--nodes", str(args.nodes), "--labels", "zone=a,b,c",
                       "--interval", "0.25"]
         if args.per_instance_status:
             hollow_cmd.append("--per-instance-status")

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     per_service = args.instances // args.services
     with corral_server(tmp) as (addr, token):
         hollow = subprocess.Popen(
-            [sys.executable, "-m", "corral.testing.hollow", "--server", addr, "--token", token,
+            [sys.executable, "-m", "corral.testing.hollow", "--server", addr, f"--token={token}",
              "--nodes", str(args.nodes), "--interval", "5"],
             stdout=subprocess.DEVNULL, stderr=open(tmp / "hollow.log", "wb"),  # noqa: SIM115
             stdin=subprocess.DEVNULL, start_new_session=True)

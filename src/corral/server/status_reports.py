@@ -15,10 +15,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 from corral.model.instance import Instance, InstanceState, can_transition
 
-__all__ = ["Refused", "StatusReport", "changes_event", "describe", "event_payload",
-           "next_record"]
+__all__ = ["Refused", "ReportBody", "StatusReport", "changes_event", "describe",
+           "event_payload", "next_record"]
 
 _UP = (InstanceState.RUNNING, InstanceState.HEALTHY, InstanceState.UNHEALTHY)
 
@@ -33,6 +35,24 @@ class StatusReport:
     restarts: int | None = None
     health: str | None = None
     started_at: float | None = None
+
+
+class ReportBody(BaseModel):
+    """What an agent says of one instance, as both endpoints' request bodies carry it (the
+    per-instance one adds `node`, each report of a batch its `id`)."""
+
+    state: InstanceState
+    reason: str = ""
+    pid: int | None = None
+    exit_code: int | None = None
+    restarts: int | None = None
+    health: str | None = None
+    started_at: float | None = None
+
+    def report(self, node: str) -> StatusReport:
+        return StatusReport(node=node, state=self.state, reason=self.reason, pid=self.pid,
+                            exit_code=self.exit_code, restarts=self.restarts,
+                            health=self.health, started_at=self.started_at)
 
 
 class Refused(Exception):

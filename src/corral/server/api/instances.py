@@ -50,7 +50,7 @@ from corral.server.remote import (
 )
 from corral.server.status_reports import (
     Refused,
-    StatusReport,
+    ReportBody,
     changes_event,
     describe,
     event_payload,
@@ -66,15 +66,8 @@ Ctx = Annotated[ServerContext, Depends(get_ctx)]
 Caller = Annotated[Identity, Depends(get_identity)]
 
 
-class StatusBody(BaseModel):
+class StatusBody(ReportBody):
     node: str
-    state: InstanceState
-    reason: str = ""
-    pid: int | None = None
-    exit_code: int | None = None
-    restarts: int | None = None
-    health: str | None = None
-    started_at: float | None = None
 
 
 def instance_view(ctx: ServerContext, inst: Instance) -> dict[str, Any]:
@@ -192,7 +185,7 @@ async def report_status(instance_id: str, body: StatusBody, ctx: Ctx, caller: Ca
             raise ApiError(404, f"no instance {instance_id!r}")
         old = item.record
         try:
-            new = next_record(old, StatusReport(**body.model_dump()), ctx.clock.now())
+            new = next_record(old, body.report(body.node), ctx.clock.now())
         except Refused as exc:
             raise ApiError(exc.status, exc.message, exc.details) from None
         if new == dataclasses.replace(old, updated_at=new.updated_at):

@@ -36,7 +36,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from corral.model.codec import to_data
-from corral.model.instance import TERMINAL_STATES, Instance, InstanceState
+from corral.model.instance import TERMINAL_STATES, Instance
 from corral.model.node import DEFAULT_PORT_RANGE, Node, NodeResources, NodeState
 from corral.scheduler import Snapshot, node_usage
 from corral.server import keys
@@ -47,7 +47,7 @@ from corral.server.errors import ApiError
 from corral.server.records import Versioned
 from corral.server.status_reports import (
     Refused,
-    StatusReport,
+    ReportBody,
     changes_event,
     describe,
     event_payload,
@@ -292,15 +292,8 @@ async def node_instances(name: str, ctx: Ctx, caller: Caller, index: int = 0,
     return Response(content=body, media_type="application/json")
 
 
-class InstanceReport(BaseModel):
+class InstanceReport(ReportBody):
     id: str
-    state: InstanceState
-    reason: str = ""
-    pid: int | None = None
-    exit_code: int | None = None
-    restarts: int | None = None
-    health: str | None = None
-    started_at: float | None = None
 
 
 class StatusBatch(BaseModel):
@@ -337,10 +330,7 @@ async def _stage_reports(ctx: ServerContext, name: str, reports: list[InstanceRe
             continue
         old = latest.get(report.id, item.record)
         try:
-            new = next_record(old, StatusReport(
-                node=name, state=report.state, reason=report.reason, pid=report.pid,
-                exit_code=report.exit_code, restarts=report.restarts, health=report.health,
-                started_at=report.started_at), now)
+            new = next_record(old, report.report(name), now)
         except Refused as exc:
             results.append({"id": report.id, "status": exc.status, "error": exc.message})
             continue
