@@ -36,6 +36,8 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from corral.model.codec import load_json, to_data
+from corral.model.event import Event
 from corral.server import keys
 from corral.store.base import EventType, Store, WatchEvent
 
@@ -75,7 +77,8 @@ class Entry:
     def data(self) -> dict[str, Any]:
         """The event as the API shows it (`model/event.py` fields, `index` filled in)."""
         if self._data is None:
-            data = json.loads(self.raw)
+            # through the model: stored events leave out fields at their default
+            data = to_data(load_json(Event, self.raw))
             data["index"] = self.index
             self._data = data
         return self._data
