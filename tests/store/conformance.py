@@ -115,8 +115,6 @@ class StoreConformance:
         events = await take(watch, 2)
         await watch.aclose()
         assert brief(events) == [("delete", "/a/1", b"", 6), ("delete", "/a/2", b"", 6)]
-        assert [e.prev_kv for e in events] == [kv("/a/1", b"/a/1", 2, 2, 1),
-                                               kv("/a/2", b"/a/2", 1, 1, 1)]
 
     async def test_range_is_sorted_limited_and_tells_its_revision(self, store: Store) -> None:
         for key in ("/x/c", "/x/a", "/y/a", "/x/b", "/x", "/x/\u00e9", "/x/\u65e5", "/x/z"):
@@ -133,6 +131,19 @@ class StoreConformance:
         await store.put("/x/a", b"new")
         found, revision = await store.range("/x/", limit=1)
         assert (found, revision) == ([kv("/x/a", b"new", create=2, mod=9, version=2)], 9)
+
+    async def test_range_keys_only_gives_everything_but_the_values(self, store: Store) -> None:
+        await store.lease_grant(4, 10.0, now=0.0)
+        await store.put("/e/2", b"second", lease=4)
+        await store.put("/e/1", b"first")
+        await store.put("/e/1", b"again")
+        await store.put("/f", b"other")
+        found, revision = await store.range("/e/", keys_only=True)
+        assert (found, revision) == ([kv("/e/1", b"", create=2, mod=3, version=2),
+                                      kv("/e/2", b"", create=1, mod=1, version=1, lease=4)], 4)
+        found, _ = await store.range("/e/", keys_only=True, limit=1)
+        assert [k.key for k in found] == ["/e/1"]
+        assert (await store.get("/e/1")) == kv("/e/1", b"again", create=2, mod=3, version=2)
 
     # transactions
 
@@ -187,7 +198,25 @@ class StoreConformance:
         await watch.aclose()
         assert brief(events) == [("put", "/b", b"2", 2), ("put", "/a", b"1", 2),
                                  ("delete", "/c", b"", 2)]
-        assert events[2].prev_kv == kv("/c", b"old", create=1, mod=1, version=1)
+
+    async def test_deletes_and_puts_of_one_txn_apply_in_order(self, store: Store) -> None:
+        for key in ("/a", "/b", "/c"):
+            await store.put(key, b"old")
+        watch = store.watch("/", start_revision=4)
+        result = await store.txn([], [
+            Delete(key="/c"), Delete(key="/missing"), Delete(key="/a"), Delete(key="/c"),
+            Put(key="/a", value=b"back"), Delete(key="/b"), Put(key="/b", value=b"new"),
+            Delete(key="/a")])
+        assert result == TxnResult(succeeded=True, revision=4)
+        events = await take(watch, 6)
+        await watch.aclose()
+        assert brief(events) == [("delete", "/c", b"", 4), ("delete", "/a", b"", 4),
+                                 ("put", "/a", b"back", 4), ("delete", "/b", b"", 4),
+                                 ("put", "/b", b"new", 4), ("delete", "/a", b"", 4)]
+        remaining, _ = await store.range("/")
+        assert remaining == [kv("/b", b"new", create=4, mod=4, version=1)]
+        assert await store.txn([], [Delete(key="/a"), Delete(key="/zz")]) == TxnResult(
+            succeeded=True, revision=4)  # nothing to delete: no new revision
 
     async def test_malformed_requests_raise_value_error(self, store: Store) -> None:
         with pytest.raises(ValueError):
@@ -258,13 +287,13 @@ class StoreConformance:
         await store.put("/a", b"after")
         event = await next_event(watch)
         assert brief([event]) == [("put", "/a", b"after", 2)]
-        assert event.prev_kv == kv("/a", b"before", create=1, mod=1, version=1)
+        assert event.kv == kv("/a", b"after", create=1, mod=2, version=2)
         waiting = asyncio.create_task(next_event(watch))
         await store.put("/b", b"live")
         assert brief([await waiting]) == [("put", "/b", b"live", 3)]
         await watch.aclose()
 
-    async def test_watch_replays_history_with_prev_kv_then_goes_live(self, store: Store) -> None:
+    async def test_watch_replays_history_then_goes_live(self, store: Store) -> None:
         await store.put("/a", b"1")
         await store.put("/b", b"1")
         await store.put("/a", b"2")
@@ -273,8 +302,7 @@ class StoreConformance:
         replay = await take(watch, 3)
         assert brief(replay) == [("put", "/b", b"1", 2), ("put", "/a", b"2", 3),
                                  ("delete", "/b", b"", 4)]
-        assert [e.prev_kv for e in replay] == [None, kv("/a", b"1", 1, 1, 1),
-                                               kv("/b", b"1", 2, 2, 1)]
+        assert replay[1].kv == kv("/a", b"2", create=1, mod=3, version=2)
         assert replay[2].kv == kv("/b", b"", create=0, mod=4, version=0)
         await store.put("/c", b"live")
         assert brief([await next_event(watch)]) == [("put", "/c", b"live", 5)]
@@ -387,7 +415,6 @@ class StoreConformance:
         assert [(e.type.value, e.kv.key) for e in events] == [
             ("delete", "/nodes/a"), ("delete", "/nodes/b"), ("delete", "/nodes/c")]
         assert events[0].kv.mod_revision == events[1].kv.mod_revision > 4
-        assert [e.prev_kv.lease for e in events if e.prev_kv] == [7, 7, 8]
         await watch.aclose()
         assert [k.key for k in (await store.range("/nodes/"))[0]] == ["/nodes/d"]
         assert not await store.lease_keepalive(7, now=131.0)
@@ -455,14 +482,14 @@ class StoreConformance:
         assert len(seen) == 3
         unsubscribe()  # twice is harmless
 
-    async def test_subscribers_see_prev_values_and_lease_revocations(
+    async def test_subscribers_see_whole_records_and_lease_revocations(
             self, store: Store) -> None:
         seen: list[WatchEvent] = []
         store.subscribe(seen.extend)
         await store.lease_grant(3, 10.0, now=0.0)
         await store.put("/alive/n1", b"3", lease=3)
         await store.put("/alive/n1", b"4", lease=3)
-        assert seen[1].prev_kv == kv("/alive/n1", b"3", 1, 1, 1, lease=3)
+        assert seen[1].kv == kv("/alive/n1", b"4", 1, 2, 2, lease=3)
         assert await store.expire_leases(now=10.0) == [3]
         assert brief(seen[2:]) == [("delete", "/alive/n1", b"", 3)]
 

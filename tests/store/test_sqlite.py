@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -150,13 +151,69 @@ async def test_history_replays_after_reopen(tmp_path: Path) -> None:
         events = await take(watch, 4)
         assert brief(events) == [("put", "/a", b"1", 1), ("put", "/a", b"2", 2),
                                  ("put", "/b", b"1", 2), ("delete", "/a", b"", 3)]
-        assert [e.prev_kv for e in events] == [None, kv("/a", b"1", 1, 1, 1), None,
-                                               kv("/a", b"2", 1, 2, 2)]
+        assert events[1].kv == kv("/a", b"2", create=1, mod=2, version=2)
         await store.put("/c", b"live")
         assert brief([await next_event(watch)]) == [("put", "/c", b"live", 4)]
         await watch.aclose()
     finally:
         await store.close()
+
+
+# The file layout of schema 1 (before 2026-11-22): history also held previous values.
+SCHEMA_1 = """
+CREATE TABLE meta (id INTEGER PRIMARY KEY CHECK (id = 0), revision INTEGER NOT NULL,
+                   compact_revision INTEGER NOT NULL);
+CREATE TABLE kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, create_revision INTEGER NOT NULL,
+                 mod_revision INTEGER NOT NULL, version INTEGER NOT NULL,
+                 lease INTEGER NOT NULL);
+CREATE INDEX kv_lease ON kv (lease) WHERE lease != 0;
+CREATE TABLE history (revision INTEGER NOT NULL, seq INTEGER NOT NULL, key TEXT NOT NULL,
+                      type TEXT NOT NULL, value BLOB NOT NULL,
+                      create_revision INTEGER NOT NULL, version INTEGER NOT NULL,
+                      lease INTEGER NOT NULL, prev_value BLOB, prev_create_revision INTEGER,
+                      prev_mod_revision INTEGER, prev_version INTEGER, prev_lease INTEGER,
+                      PRIMARY KEY (revision, seq));
+CREATE TABLE leases (id INTEGER PRIMARY KEY, ttl REAL NOT NULL, expires_at REAL NOT NULL);
+CREATE INDEX leases_expiry ON leases (expires_at);
+INSERT INTO meta VALUES (0, 2, 0);
+INSERT INTO kv VALUES ('/a', x'32', 1, 2, 2, 0);
+INSERT INTO history VALUES (1, 0, '/a', 'put', x'31', 1, 1, 0, NULL, NULL, NULL, NULL, NULL);
+INSERT INTO history VALUES (2, 0, '/a', 'put', x'32', 1, 2, 0, x'31', 1, 1, 1, 0);
+PRAGMA user_version = 1;
+"""
+
+
+async def test_a_schema_1_file_opens_with_its_data_and_history(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA_1)
+    conn.close()
+    store = await SqliteStore.open(path)
+    try:
+        assert await store.get("/a") == kv("/a", b"2", create=1, mod=2, version=2)
+        watch = store.watch("/", start_revision=1)
+        assert brief(await take(watch, 2)) == [("put", "/a", b"1", 1), ("put", "/a", b"2", 2)]
+        assert await store.put("/b", b"1") == 3
+        assert brief([await next_event(watch)]) == [("put", "/b", b"1", 3)]
+        await watch.aclose()
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(history)")]
+        assert not [c for c in columns if c.startswith("prev_")]
+    finally:
+        conn.close()
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(StoreError, match="schema version 99"):
+        await SqliteStore.open(path)
 
 
 async def test_a_second_open_of_the_same_file_is_refused(tmp_path: Path) -> None:

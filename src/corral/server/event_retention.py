@@ -68,7 +68,7 @@ async def prune_events(ctx: ServerContext, *, batch: int = 1000) -> int:
     config = ctx.config
     if config.event_retention_count <= 0 and config.event_retention_age <= 0:
         return 0
-    kvs, _ = await ctx.store.range(keys.EVENTS)
+    kvs, _ = await ctx.store.range(keys.EVENTS, keys_only=True)  # their index and time
     stored = [StoredEvent(index=kv.create_revision, time=event_time(kv.key), key=kv.key)
               for kv in kvs]
     doomed = plan_pruning(stored, now=ctx.clock.now(), keep_count=config.event_retention_count,

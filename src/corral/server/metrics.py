@@ -218,9 +218,10 @@ class MeasuredStore:
         with self._h["get"].time():
             return await self._store.get(key)
 
-    async def range(self, prefix: str, *, limit: int = 0) -> tuple[list[KeyValue], int]:
+    async def range(self, prefix: str, *, limit: int = 0,
+                    keys_only: bool = False) -> tuple[list[KeyValue], int]:
         with self._h["range"].time():
-            return await self._store.range(prefix, limit=limit)
+            return await self._store.range(prefix, limit=limit, keys_only=keys_only)
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         with self._h["put"].time():

@@ -100,9 +100,11 @@ class EventType(StrEnum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WatchEvent:
+    """A change. No previous value (etcd's optional `prev_kv`): nothing here needs one,
+    and keeping one per change doubled the bytes of an update in SQLite's history."""
+
     type: EventType
     kv: KeyValue  # for DELETE: the key, value b"", mod_revision = the deleting revision
-    prev_kv: KeyValue | None = None
 
 
 # Called with the events of one commit (see `Store.subscribe`).
@@ -119,9 +121,12 @@ class Store(Protocol):
 
     async def get(self, key: str) -> KeyValue | None: ...
 
-    async def range(self, prefix: str, *, limit: int = 0) -> tuple[list[KeyValue], int]:
+    async def range(self, prefix: str, *, limit: int = 0,
+                    keys_only: bool = False) -> tuple[list[KeyValue], int]:
         """Every key starting with `prefix`, sorted by key, and the revision read at.
-        `limit` > 0 returns at most that many."""
+        `limit` > 0 returns at most that many. `keys_only` (as in etcd): every value is
+        b"", the rest of each KeyValue as stored; for callers that need keys and
+        revisions of many large values."""
         ...
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:

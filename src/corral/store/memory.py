@@ -12,6 +12,7 @@ nothing but an index and never holds up a writer.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from bisect import bisect_left, insort
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -74,14 +75,18 @@ class MemoryStore:
         self._check_open()
         return self._kv.get(key)
 
-    async def range(self, prefix: str, *, limit: int = 0) -> tuple[list[KeyValue], int]:
+    async def range(self, prefix: str, *, limit: int = 0,
+                    keys_only: bool = False) -> tuple[list[KeyValue], int]:
         self._check_open()
         if limit < 0:
             raise ValueError(f"range limit must be >= 0, not {limit}")
         keys = self._under(prefix)
         if limit:
             keys = keys[:limit]
-        return [self._kv[k] for k in keys], self._revision
+        found = [self._kv[k] for k in keys]
+        if keys_only:
+            found = [dataclasses.replace(kv, value=b"") for kv in found]
+        return found, self._revision
 
     # writes
 
@@ -237,7 +242,7 @@ class MemoryStore:
                       create_revision=prev.create_revision if prev else revision,
                       version=prev.version + 1 if prev else 1)
         self._kv[op.key] = kv
-        return WatchEvent(type=EventType.PUT, kv=kv, prev_kv=prev)
+        return WatchEvent(type=EventType.PUT, kv=kv)
 
     def _delete(self, key: str, revision: int) -> WatchEvent:
         prev = self._kv.pop(key)
@@ -245,7 +250,7 @@ class MemoryStore:
         if prev.lease:
             self._leases[prev.lease].keys.discard(key)
         gone = KeyValue(key=key, value=b"", create_revision=0, mod_revision=revision, version=0)
-        return WatchEvent(type=EventType.DELETE, kv=gone, prev_kv=prev)
+        return WatchEvent(type=EventType.DELETE, kv=gone)
 
     def _revoke(self, lease_id: int) -> None:
         lease = self._leases.get(lease_id)

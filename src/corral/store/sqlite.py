@@ -76,7 +76,7 @@ _BATCH = 256  # history rows per read when a watcher replays from the table
 _IN_CHUNK = 500  # keys per "key IN (...)" query, well below SQLite's variable limit
 _GROUP = 1000  # writes committed together at most (group commit)
 _LOCK_TIMEOUT = 1.0  # seconds
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE meta (
     id INTEGER PRIMARY KEY CHECK (id = 0),
@@ -102,11 +102,6 @@ CREATE TABLE history (
     create_revision INTEGER NOT NULL,
     version INTEGER NOT NULL,
     lease INTEGER NOT NULL,
-    prev_value BLOB,  -- the prev_* columns are NULL when the key did not exist before
-    prev_create_revision INTEGER,
-    prev_mod_revision INTEGER,
-    prev_version INTEGER,
-    prev_lease INTEGER,
     PRIMARY KEY (revision, seq)
 );
 CREATE TABLE leases (
@@ -117,10 +112,14 @@ CREATE TABLE leases (
 CREATE INDEX leases_expiry ON leases (expires_at);
 """
 _KV_COLUMNS = "key, value, create_revision, mod_revision, version, lease"
-_HISTORY_COLUMNS = (
-    "revision, seq, key, type, value, create_revision, version, lease, "
-    "prev_value, prev_create_revision, prev_mod_revision, prev_version, prev_lease"
-)
+_HISTORY_COLUMNS = "revision, seq, key, type, value, create_revision, version, lease"
+# Schema 1 kept each change's previous value in history as well (etcd's optional prev_kv):
+# nothing read it, and it doubled the bytes of every update. Opening a schema-1 file
+# drops those columns; what history it holds replays as before.
+_MIGRATIONS = {
+    1: "".join(f"ALTER TABLE history DROP COLUMN prev_{name}; " for name in (
+        "value", "create_revision", "mod_revision", "version", "lease")),
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,14 +145,10 @@ def _kv(row: Any) -> KeyValue:
 
 
 def _event(row: Any) -> WatchEvent:
-    (revision, _seq, key, type_, value, create_revision, version, lease,
-     prev_value, prev_create, prev_mod, prev_version, prev_lease) = row
+    revision, _seq, key, type_, value, create_revision, version, lease = row
     kv = KeyValue(key=key, value=value, create_revision=create_revision,
                   mod_revision=revision, version=version, lease=lease)
-    prev = None if prev_value is None else KeyValue(
-        key=key, value=prev_value, create_revision=prev_create, mod_revision=prev_mod,
-        version=prev_version, lease=prev_lease)
-    return WatchEvent(type=EventType(type_), kv=kv, prev_kv=prev)
+    return WatchEvent(type=EventType(type_), kv=kv)
 
 
 def _record_position(entries: list[_Entry], revision: int) -> Position:
@@ -181,6 +176,9 @@ class _Db:
             if found == 0:
                 self._conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} "
                                          f"PRAGMA user_version = {_SCHEMA_VERSION}; COMMIT;")
+            elif found in _MIGRATIONS:
+                self._conn.executescript(f"BEGIN IMMEDIATE; {_MIGRATIONS[found]} "
+                                         f"PRAGMA user_version = {_SCHEMA_VERSION}; COMMIT;")
             elif found != _SCHEMA_VERSION:
                 raise StoreError(f"{path}: schema version {found}, this corral reads "
                                  f"{_SCHEMA_VERSION}")
@@ -206,10 +204,23 @@ class _Db:
                                  (key,)).fetchone()
         return None if row is None else _kv(row)
 
-    def range(self, prefix: str, limit: int) -> tuple[list[KeyValue], int]:
+    def get_many(self, names: Sequence[str]) -> dict[str, KeyValue]:
+        """The stored value of each of `names` that exists, with one query per 500."""
+        found: dict[str, KeyValue] = {}
+        for start in range(0, len(names), _IN_CHUNK):
+            part = names[start:start + _IN_CHUNK]
+            marks = ",".join("?" * len(part))
+            for row in self._conn.execute(
+                    f"SELECT {_KV_COLUMNS} FROM kv WHERE key IN ({marks})", part):
+                found[row[0]] = _kv(row)
+        return found
+
+    def range(self, prefix: str, limit: int,
+              keys_only: bool = False) -> tuple[list[KeyValue], int]:
         where, args = _prefix_clause(prefix)
+        columns = _KV_COLUMNS.replace("value", "x''") if keys_only else _KV_COLUMNS
         rows = self._conn.execute(
-            f"SELECT {_KV_COLUMNS} FROM kv WHERE {where} ORDER BY key LIMIT ?",
+            f"SELECT {columns} FROM kv WHERE {where} ORDER BY key LIMIT ?",
             (*args, limit or -1)).fetchall()
         return [_kv(row) for row in rows], self.revision
 
@@ -298,31 +309,43 @@ class _Db:
     def txn(self, compares: Sequence[Compare], success: Sequence[Op],
             failure: Sequence[Op]) -> tuple[tuple[bool, int], _Commit | None]:
         with self._writing() as entries:
+            found = self.get_many(list(dict.fromkeys(c.key for c in compares)))
             # every compare is evaluated (no short cut) so a malformed one always raises
-            results = [compare_holds(c, self.get(c.key)) for c in compares]
+            results = [compare_holds(c, found.get(c.key)) for c in compares]
             succeeded = all(results)
             self._apply(success if succeeded else failure, entries)
         return (succeeded, self.revision), self._commit(entries)
 
     def _apply(self, ops: Sequence[Op], entries: list[_Entry]) -> None:
+        """Runs of puts and runs of single-key deletes each go in a few statements; writes
+        stay in op order."""
         revision = self.revision + 1
         before = len(entries)
         puts: list[Put] = []
+        deletes: list[str] = []
         for op in ops:
             if isinstance(op, Put):
+                if deletes:
+                    self._delete_many(deletes, revision, entries)
+                    deletes = []
                 puts.append(op)
                 continue
-            if puts:  # writes stay in op order: the puts before this delete first
+            if puts:
                 self._put_many(puts, revision, entries)
                 puts = []
             if op.prefix:
+                if deletes:
+                    self._delete_many(deletes, revision, entries)
+                    deletes = []
                 self._delete_where(*_prefix_clause(op.key), revision, entries)
             elif not op.key:
                 raise ValueError("cannot delete the empty key")
             else:
-                self._delete_where("key = ?", (op.key,), revision, entries)
+                deletes.append(op.key)
         if puts:
             self._put_many(puts, revision, entries)
+        if deletes:
+            self._delete_many(deletes, revision, entries)
         if len(entries) > before:
             self.revision = revision
 
@@ -338,14 +361,7 @@ class _Db:
                                   (lease,)).fetchone() is None:
                 key = next(op.key for op in ops if op.lease == lease)
                 raise StoreError(f"put {key!r}: lease {lease} does not exist")
-        names = list(dict.fromkeys(op.key for op in ops))
-        known: dict[str, KeyValue] = {}
-        for start in range(0, len(names), _IN_CHUNK):
-            part = names[start:start + _IN_CHUNK]
-            marks = ",".join("?" * len(part))
-            for row in self._conn.execute(
-                    f"SELECT {_KV_COLUMNS} FROM kv WHERE key IN ({marks})", part):
-                known[row[0]] = _kv(row)
+        known = self.get_many(list(dict.fromkeys(op.key for op in ops)))
         rows: dict[str, tuple[Any, ...]] = {}
         history: list[tuple[Any, ...]] = []
         for op in ops:
@@ -356,42 +372,49 @@ class _Db:
             known[op.key] = kv  # a second put of the key in this transaction follows it
             rows[op.key] = (kv.key, kv.value, kv.create_revision, revision, kv.version,
                             kv.lease)
-            history.append(self._history_row(entries, WatchEvent(
-                type=EventType.PUT, kv=kv, prev_kv=prev)))
+            history.append(self._history_row(entries, WatchEvent(type=EventType.PUT, kv=kv)))
         self._conn.executemany(
             f"INSERT OR REPLACE INTO kv ({_KV_COLUMNS}) VALUES (?,?,?,?,?,?)", rows.values())
         self._conn.executemany(
-            f"INSERT INTO history ({_HISTORY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            history)
+            f"INSERT INTO history ({_HISTORY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", history)
 
     def _delete_where(self, where: str, args: tuple[Any, ...], revision: int,
                       entries: list[_Entry]) -> None:
-        rows = self._conn.execute(f"SELECT {_KV_COLUMNS} FROM kv WHERE {where} ORDER BY key",
+        rows = self._conn.execute(f"SELECT key FROM kv WHERE {where} ORDER BY key",
                                   args).fetchall()
-        if not rows:
-            return
-        self._conn.execute(f"DELETE FROM kv WHERE {where}", args)
-        for row in rows:
-            prev = _kv(row)
-            gone = KeyValue(key=prev.key, value=b"", create_revision=0,
-                            mod_revision=revision, version=0)
-            self._record(entries, WatchEvent(type=EventType.DELETE, kv=gone, prev_kv=prev))
+        if rows:
+            self._conn.execute(f"DELETE FROM kv WHERE {where}", args)
+            self._deleted([row[0] for row in rows], revision, entries)
 
-    def _record(self, entries: list[_Entry], event: WatchEvent) -> None:
-        self._conn.execute(
-            f"INSERT INTO history ({_HISTORY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            self._history_row(entries, event))
+    def _delete_many(self, names: Sequence[str], revision: int,
+                     entries: list[_Entry]) -> None:
+        """A run of single-key deletes, in their order; a key that is not there (or is
+        named twice) is deleted once or not at all."""
+        existing: set[str] = set()
+        unique = list(dict.fromkeys(names))
+        for start in range(0, len(unique), _IN_CHUNK):
+            part = unique[start:start + _IN_CHUNK]
+            where = f"key IN ({','.join('?' * len(part))})"
+            existing.update(row[0] for row in self._conn.execute(
+                f"SELECT key FROM kv WHERE {where}", part))
+            self._conn.execute(f"DELETE FROM kv WHERE {where}", part)
+        self._deleted([name for name in unique if name in existing], revision, entries)
+
+    def _deleted(self, names: Sequence[str], revision: int, entries: list[_Entry]) -> None:
+        history = [self._history_row(entries, WatchEvent(type=EventType.DELETE, kv=KeyValue(
+            key=name, value=b"", create_revision=0, mod_revision=revision, version=0)))
+            for name in names]
+        self._conn.executemany(
+            f"INSERT INTO history ({_HISTORY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", history)
 
     @staticmethod
     def _history_row(entries: list[_Entry], event: WatchEvent) -> tuple[Any, ...]:
         """Give the event its place (revision, seq) in `entries`; its `history` row."""
         revision, seq = _record_position(entries, event.kv.mod_revision)
-        kv, p = event.kv, event.prev_kv
-        prev = (p.value, p.create_revision, p.mod_revision, p.version, p.lease) if p else (
-            None, None, None, None, None)
+        kv = event.kv
         entries.append((revision, seq, event))
         return (revision, seq, kv.key, event.type.value, kv.value, kv.create_revision,
-                kv.version, kv.lease, *prev)
+                kv.version, kv.lease)
 
     def compact(self, revision: int) -> tuple[None, _Commit | None]:
         if revision > self.revision:
@@ -498,10 +521,11 @@ class SqliteStore:
     async def get(self, key: str) -> KeyValue | None:
         return await self._run(partial(self._db.get, key))
 
-    async def range(self, prefix: str, *, limit: int = 0) -> tuple[list[KeyValue], int]:
+    async def range(self, prefix: str, *, limit: int = 0,
+                    keys_only: bool = False) -> tuple[list[KeyValue], int]:
         if limit < 0:
             raise ValueError(f"range limit must be >= 0, not {limit}")
-        return await self._run(partial(self._db.range, prefix, limit))
+        return await self._run(partial(self._db.range, prefix, limit, keys_only))
 
     # writes
 
