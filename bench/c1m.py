@@ -296,6 +296,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                       "--interval", "0.25"]
         if args.per_instance_status:
             hollow_cmd.append("--per-instance-status")
+        if args.full_answers:
+            hollow_cmd.append("--full-answers")
         hollow = subprocess.Popen(hollow_cmd, stdout=subprocess.PIPE,
                                   stderr=open(tmp / "hollow.log", "wb"),  # noqa: SIM115
                                   stdin=subprocess.DEVNULL, start_new_session=True)
@@ -420,6 +422,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per wait")
     parser.add_argument("--per-instance-status", action="store_true",
                         help="agents send one request per transition (today's agent)")
+    parser.add_argument("--full-answers", action="store_true",
+                        help="long polls answer every record, not what changed (before "
+                             "2026-11-22)")
     parser.add_argument("--no-server-check", dest="server_check", action="store_false",
                         help="skip listing every instance from the server afterwards")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from corral.client import ApiError
+from corral.client.assignments import merge_assignments
 from corral.testing.server import ServerHarness, server_harness
 
 WEB = {"name": "shop", "services": {"web": {
@@ -270,6 +271,31 @@ async def test_long_poll_returns_on_change(srv: ServerHarness) -> None:
     answer = await asyncio.wait_for(waiter, 10)
     assert answer["index"] > first["index"]
     assert len(answer["instances"]) == 3
+
+
+async def test_a_long_poll_for_changes_sends_only_the_changed_records(
+        srv: ServerHarness) -> None:
+    await srv.client.register_node(NODE)
+    await srv.client.apply(WEB)
+    await srv.reconcile()
+    full = await srv.client.node_instances("n1", index=0, wait=0, changes=True)
+    ids = [i["id"] for i in full["instances"]]
+    assert full["since"] == 0 and full["ids"] == ids == sorted(ids) and len(ids) == 3
+    await srv.client.report_statuses("n1", [{"id": ids[1], "state": "starting"}])
+    delta = await srv.client.node_instances("n1", index=full["index"], wait=5, changes=True)
+    assert delta["since"] == full["index"] and delta["ids"] == ids
+    assert [(i["id"], i["state"]) for i in delta["instances"]] == [(ids[1], "starting")]
+    held, complete = merge_assignments(
+        {i["id"]: i for i in full["instances"]}, delta, lambda data: data)
+    assert complete and [(i["id"], i["state"]) for i in held.values()] == [
+        (ids[0], "scheduled"), (ids[1], "starting"), (ids[2], "scheduled")]
+    # the same answer, whole, to an agent that does not ask for changes
+    whole = await srv.client.node_instances("n1", index=full["index"], wait=5)
+    assert "ids" not in whole and [i["id"] for i in whole["instances"]] == ids
+    # an index the server's store never reached: counted from nothing
+    ahead = await srv.client.node_instances("n1", index=delta["index"] + 1000, wait=0,
+                                            changes=True)
+    assert ahead["since"] == 0 and [i["id"] for i in ahead["instances"]] == ids
 
 
 async def test_usage_is_kept_per_node_and_shown_in_views(srv: ServerHarness) -> None:

@@ -32,6 +32,7 @@ from corral.agent.metrics import UsageSample
 from corral.agent.reporter import StatusReporter
 from corral.agent.retention import DEFAULT_LOG_RETENTION, expired_dirs
 from corral.agent.runner import InstanceDirs, Runner, StartObserver, job_service_spec
+from corral.client.assignments import merge_assignments
 from corral.client.http import ApiError, Client, Unreachable
 from corral.clock import Clock
 from corral.model.application import ApplicationSpec, ServiceSpec
@@ -185,22 +186,25 @@ class Agent:
     async def watch_loop(self) -> None:
         index = 0
         delay = 0.2
+        assigned: dict[str, Instance] = {}
         while True:
             await self._registered.wait()
             try:
                 answer = await self._client.node_instances(self.config.name, index=index,
-                                                           wait=self.config.poll_wait)
+                                                           wait=self.config.poll_wait,
+                                                           changes=True)
                 delay = 0.2
             except (Unreachable, ApiError) as exc:
                 log.warning("watch failed: %s", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            index = int(answer["index"])
-            log.debug("assignments at index %d: %d instances", index,
-                      len(answer["instances"]))
-            instances = [from_data(Instance, i) for i in answer["instances"]]
-            await self.reconcile(instances)
+            assigned, complete = merge_assignments(
+                assigned, answer, lambda data: from_data(Instance, data))
+            index = int(answer["index"]) if complete else 0
+            log.debug("assignments at index %d: %d instances, %d changed", index,
+                      len(assigned), len(answer["instances"]))
+            await self.reconcile(list(assigned.values()))
 
     async def _spec_for(self, inst: Instance) -> ServiceSpec | None:
         key = (inst.namespace, inst.app, inst.version)

@@ -231,9 +231,15 @@ class Client:
         return await self.request("PUT", f"/v1/nodes/{name}/heartbeat",
                                   params={"lease_id": lease_id})
 
-    async def node_instances(self, name: str, *, index: int, wait: float) -> Any:
-        return await self.request("GET", f"/v1/nodes/{name}/instances",
-                                  params={"index": index, "wait": wait}, timeout=wait + 15)
+    async def node_instances(self, name: str, *, index: int, wait: float,
+                             changes: bool = False) -> Any:
+        """A node's long poll; `changes`: only the records changed since `index` (see
+        `client/assignments.py`)."""
+        params: dict[str, Any] = {"index": index, "wait": wait}
+        if changes:
+            params["changes"] = "true"
+        return await self.request("GET", f"/v1/nodes/{name}/instances", params=params,
+                                  timeout=wait + 15)
 
     async def report_usage(self, name: str, instances: dict[str, Any]) -> Any:
         return await self.request("PUT", f"/v1/nodes/{name}/usage",

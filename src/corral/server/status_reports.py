@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from corral.model.instance import Instance, InstanceState, can_transition
 
 __all__ = ["Refused", "ReportBody", "StatusReport", "changes_event", "describe",
-           "event_payload", "next_record"]
+           "event_payload", "next_record", "reported_change"]
 
 _UP = (InstanceState.RUNNING, InstanceState.HEALTHY, InstanceState.UNHEALTHY)
 
@@ -86,6 +86,17 @@ def next_record(old: Instance, report: StatusReport, now: float) -> Instance:
         started_at=report.started_at if report.started_at is not None else old.started_at,
         healthy_at=healthy_at, updated_at=now,
     )
+
+
+# What `next_record` may change, `updated_at` aside.
+_REPORTED = ("state", "reason", "pid", "exit_code", "restarts", "health", "started_at",
+             "healthy_at")
+
+
+def reported_change(old: Instance, new: Instance) -> bool:
+    """Whether `new` (from `next_record(old, ...)`) differs from `old` in more than the
+    time: as `new != replace(old, updated_at=new.updated_at)`, without building a record."""
+    return any(getattr(old, name) != getattr(new, name) for name in _REPORTED)
 
 
 def changes_event(old: Instance, new: Instance) -> bool:

@@ -9,7 +9,9 @@ Each hollow node does what `agent/agent.py` does, minus the runtime:
    |
    +-- heartbeat every TTL/3 (the TTL the server answers, which grows with the cluster);
    |     404 -> register again
-   +-- long poll GET /v1/nodes/{name}/instances?index=R&wait=W, then reconcile:
+   +-- long poll GET /v1/nodes/{name}/instances?index=R&wait=W&changes=true (only the
+   |     records changed since R, merged into what the node holds, as the agent does;
+   |     `full_answers=True`: the whole list every time), then reconcile:
          desired=run, scheduled  -> report starting, then running
          desired=stop, not ended -> report stopped
        status reports go in one request per answer (PUT /v1/nodes/{name}/status, the
@@ -52,6 +54,7 @@ from typing import Any
 import httpx
 
 from corral.client import ApiError, Client, ClientConfig, Unreachable
+from corral.client.assignments import merge_assignments
 from corral.client.http import tls_context
 from corral.model.node import DEFAULT_PORT_RANGE
 
@@ -81,6 +84,7 @@ class FleetSpec:
     address: str = "127.0.0.1"
     poll_wait: float = 30.0
     batch_status: bool = True
+    full_answers: bool = False  # long polls answer the whole list, not what changed
     shard_size: int = 8  # nodes per HTTP client (connection pool): see the docstring
     register_concurrency: int = 32
 
@@ -146,6 +150,7 @@ class HollowNode:
     ttl: float = 10.0
     heartbeat_interval: float = 10.0 / 3
     index: int = 0
+    records: dict[str, Mapping[str, Any]] = field(default_factory=dict)  # live, by id
     handled: dict[str, str] = field(default_factory=dict)
     assigned: dict[str, Held] = field(default_factory=dict)
     registered: asyncio.Event = field(default_factory=asyncio.Event)
@@ -327,7 +332,8 @@ class HollowFleet:
         while True:
             try:
                 answer = await client.node_instances(node.name, index=node.index,
-                                                     wait=self.spec.poll_wait)
+                                                     wait=self.spec.poll_wait,
+                                                     changes=not self.spec.full_answers)
                 delay = 0.2
             except (Unreachable, ApiError) as exc:
                 self._error(exc)
@@ -337,8 +343,9 @@ class HollowFleet:
                 delay = min(delay * 2, 5.0)
                 continue
             self.stats.polls += 1
-            node.index = int(answer["index"])
-            instances = answer["instances"]
+            node.records, complete = merge_assignments(node.records, answer, lambda data: data)
+            node.index = int(answer["index"]) if complete else 0
+            instances = list(node.records.values())
             self._remember(node, instances)
             reports = next_reports(instances, node.handled)
             if reports:
@@ -521,11 +528,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--labels", action="append", default=[])
     parser.add_argument("--poll-wait", type=float, default=30.0)
     parser.add_argument("--per-instance-status", action="store_true")
+    parser.add_argument("--full-answers", action="store_true",
+                        help="long polls answer the whole list (the older protocol)")
     parser.add_argument("--interval", type=float, default=0.5)
     args = parser.parse_args(argv)
     spec = FleetSpec(count=args.nodes, first=args.first, prefix=args.prefix, cpu=args.cpu,
                      memory=args.memory, labels=parse_labels(args.labels),
-                     poll_wait=args.poll_wait, batch_status=not args.per_instance_status)
+                     poll_wait=args.poll_wait, batch_status=not args.per_instance_status,
+                     full_answers=args.full_answers)
     config = ClientConfig(addr=args.server, token=args.token, cacert=args.cacert)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")

@@ -24,7 +24,6 @@ checks it itself: `authenticate` covers HTTP routes only).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, WebSocket
@@ -55,6 +54,7 @@ from corral.server.status_reports import (
     describe,
     event_payload,
     next_record,
+    reported_change,
 )
 
 __all__ = ["instance_view", "node_versions", "router", "select_instances", "ws_router"]
@@ -188,7 +188,7 @@ async def report_status(instance_id: str, body: StatusBody, ctx: Ctx, caller: Ca
             new = next_record(old, body.report(body.node), ctx.clock.now())
         except Refused as exc:
             raise ApiError(exc.status, exc.message, exc.details) from None
-        if new == dataclasses.replace(old, updated_at=new.updated_at):
+        if not reported_change(old, new):
             return {"changed": False}
         txn = ctx.records.txn().put(keys.instance(old.id), new, expect=item.mod_revision)
         if changes_event(old, new):

@@ -52,6 +52,7 @@ from corral.server.status_reports import (
     describe,
     event_payload,
     next_record,
+    reported_change,
 )
 
 __all__ = ["router"]
@@ -277,19 +278,29 @@ async def get_node(name: str, ctx: Ctx) -> dict[str, Any]:
 
 @router.get("/{name}/instances", openapi_extra=NODE_ACCESS)
 async def node_instances(name: str, ctx: Ctx, caller: Caller, index: int = 0,
-                         wait: Annotated[float, Query(ge=0, le=300)] = 30.0) -> Response:
+                         wait: Annotated[float, Query(ge=0, le=300)] = 30.0,
+                         changes: bool = False) -> Response:
+    """The node's live instances, once one changed after `index` (a long poll). With
+    `changes`, only the records changed after `index` and every live id (the agent keeps
+    the rest: `client/assignments.py`)."""
     act_for(caller, name)
     instances = ctx.records.index
     await instances.ready()
+    # An index ahead of the store (one that was replaced) cannot be counted from.
+    since = index if 0 < index <= instances.revision else 0
     if index > 0:
         # Woken only by changes to this node's own instances (server/index.py).
         index = await instances.wait_node(name, index, wait)
-    mine = [to_data(i.record) for i in instances.on_node(name)
-            if i.record.state not in TERMINAL_STATES]
+    live = [i for i in instances.on_node(name) if i.record.state not in TERMINAL_STATES]
+    answer: dict[str, Any] = {"index": max(instances.revision, index)}
+    if changes:
+        answer["since"] = since
+        answer["ids"] = [i.record.id for i in live]
+        live = [i for i in live if i.mod_revision > since]
+    answer["instances"] = [to_data(i.record) for i in live]
     # Encoded here rather than by FastAPI's generic encoder, which walks every field of
     # every instance again: the long poll is the answer sent most often.
-    body = orjson.dumps({"index": max(instances.revision, index), "instances": mine})
-    return Response(content=body, media_type="application/json")
+    return Response(content=orjson.dumps(answer), media_type="application/json")
 
 
 class InstanceReport(ReportBody):
@@ -316,13 +327,15 @@ async def report_statuses(name: str, body: StatusBatch, ctx: Ctx, caller: Caller
 async def _stage_reports(ctx: ServerContext, name: str, reports: list[InstanceReport]
                          ) -> tuple[list[dict[str, Any]], Any]:
     now = ctx.clock.now()
+    index = ctx.records.index
+    await index.ready()
     read: dict[str, Versioned[Instance] | None] = {}
     latest: dict[str, Instance] = {}
     results: list[dict[str, Any]] = []
     txn = ctx.records.txn()
     for report in reports:
         if report.id not in read:
-            read[report.id] = await ctx.records.get(Instance, keys.instance(report.id))
+            read[report.id] = index.instance(report.id)
         item = read[report.id]
         if item is None:
             results.append({"id": report.id, "status": 404,
@@ -334,7 +347,7 @@ async def _stage_reports(ctx: ServerContext, name: str, reports: list[InstanceRe
         except Refused as exc:
             results.append({"id": report.id, "status": exc.status, "error": exc.message})
             continue
-        changed = new != dataclasses.replace(old, updated_at=new.updated_at)
+        changed = reported_change(old, new)
         results.append({"id": report.id, "changed": changed})
         if not changed:
             continue
