@@ -7,9 +7,10 @@ Speed matters here: every store write encodes a record and every read of a recor
 elsewhere decodes one (a million instances are several million of each). `dump_json`
 encodes with orjson (5 us for a running instance's record, copy included; 7 us when it
 kept its defaults, 19.5 us with the stdlib's `json.dumps`); `load_json` lets pydantic parse
-and validate the bytes in one pass (5 us; 15.8 us through `json.loads`). `canonical_json` keeps the stdlib encoder for what is hashed
-(`service_hash`): its bytes, including escapes of non-ASCII text, must never change across
-upgrades, or every instance would look changed and be replaced.
+and validate the bytes in one pass (5 us; 15.8 us through `json.loads`). `canonical_json`
+keeps the stdlib encoder for what is hashed (`service_hash`): its bytes, including escapes
+of non-ASCII text, must never change across upgrades, or every instance would look changed
+and be replaced.
 
 Stored records leave out every field that holds its default (`dump_json`), and
 `load_json` puts the defaults back: a placed instance is 300 bytes instead of 600, which
