@@ -19,7 +19,7 @@ Reports:
   (`GET /v1/nodes`, `GET /v1/instances?app=`). A failed check makes the exit code 1.
 
 Presets: `--quick` (1,000 nodes, 20 x 1,000 instances; in the test suite as a correctness
-check, `tests/bench/test_c1m.py`) and `--c1m` (10,000 nodes, 100 x 10,000 instances).
+check, `tests/e2e/test_sim.py`) and `--c1m` (10,000 nodes, 100 x 10,000 instances).
 Knobs: `--nodes`, `--services`, `--instances` (per service), `--json`.
 
 `.venv/bin/python bench/c1m.py --quick`
