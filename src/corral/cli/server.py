@@ -12,6 +12,7 @@ import typer
 import uvloop
 
 from corral.cli.output import EXIT_FAILED, EXIT_USAGE, die
+from corral.gc_tuning import tune_for_large_heaps
 from corral.logconfig import setup_logging
 from corral.model.units import parse_duration, parse_size
 from corral.server.context import ServerConfig
@@ -75,6 +76,8 @@ def server(
         # uvloop (libuv) runs the server's event loop, and uvicorn parses HTTP with
         # httptools when it is installed: the loop and the parser are most of a request's
         # cost when thousands of agents long-poll and report (docs/benchmarks.md, Scale).
+        # The collector is tuned for a heap of millions of records (gc_tuning.py).
+        tune_for_large_heaps()
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(serve(config))
     except PkiError as exc:

@@ -56,6 +56,7 @@ import httpx
 from corral.client import ApiError, Client, ClientConfig, Unreachable
 from corral.client.assignments import merge_assignments
 from corral.client.http import tls_context
+from corral.gc_tuning import tune_for_large_heaps
 from corral.model.node import DEFAULT_PORT_RANGE
 
 __all__ = [
@@ -540,6 +541,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     try:
+        tune_for_large_heaps()  # a fleet keeps every node's assignments (gc_tuning.py)
         asyncio.run(_serve(config, spec, args.interval))
     except KeyboardInterrupt:
         sys.exit(130)
