@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 import os
 import sqlite3
 from bisect import bisect_left
@@ -112,6 +113,7 @@ CREATE TABLE leases (
 CREATE INDEX leases_expiry ON leases (expires_at);
 """
 _KV_COLUMNS = "key, value, create_revision, mod_revision, version, lease"
+_KEY_COLUMNS = "key, x'', create_revision, mod_revision, version, lease"  # keys_only
 _HISTORY_COLUMNS = "revision, seq, key, type, value, create_revision, version, lease"
 # Schema 1 kept each change's previous value in history as well (etcd's optional prev_kv):
 # nothing read it, and it doubled the bytes of every update. Opening a schema-1 file
@@ -149,6 +151,10 @@ def _event(row: Any) -> WatchEvent:
     kv = KeyValue(key=key, value=value, create_revision=create_revision,
                   mod_revision=revision, version=version, lease=lease)
     return WatchEvent(type=EventType(type_), kv=kv)
+
+
+def _kind(op: Op) -> str:
+    return "put" if isinstance(op, Put) else "prefix" if op.prefix else "delete"
 
 
 def _record_position(entries: list[_Entry], revision: int) -> Position:
@@ -218,7 +224,7 @@ class _Db:
     def range(self, prefix: str, limit: int,
               keys_only: bool = False) -> tuple[list[KeyValue], int]:
         where, args = _prefix_clause(prefix)
-        columns = _KV_COLUMNS.replace("value", "x''") if keys_only else _KV_COLUMNS
+        columns = _KEY_COLUMNS if keys_only else _KV_COLUMNS
         rows = self._conn.execute(
             f"SELECT {columns} FROM kv WHERE {where} ORDER BY key LIMIT ?",
             (*args, limit or -1)).fetchall()
@@ -317,35 +323,21 @@ class _Db:
         return (succeeded, self.revision), self._commit(entries)
 
     def _apply(self, ops: Sequence[Op], entries: list[_Entry]) -> None:
-        """Runs of puts and runs of single-key deletes each go in a few statements; writes
-        stay in op order."""
+        """Ops in order, each run of puts and each run of single-key deletes in a few
+        statements."""
         revision = self.revision + 1
         before = len(entries)
-        puts: list[Put] = []
-        deletes: list[str] = []
-        for op in ops:
-            if isinstance(op, Put):
-                if deletes:
-                    self._delete_many(deletes, revision, entries)
-                    deletes = []
-                puts.append(op)
-                continue
-            if puts:
-                self._put_many(puts, revision, entries)
-                puts = []
-            if op.prefix:
-                if deletes:
-                    self._delete_many(deletes, revision, entries)
-                    deletes = []
-                self._delete_where(*_prefix_clause(op.key), revision, entries)
-            elif not op.key:
-                raise ValueError("cannot delete the empty key")
+        for kind, run in itertools.groupby(ops, key=_kind):
+            if kind == "put":
+                self._put_many([op for op in run if isinstance(op, Put)], revision, entries)
+            elif kind == "delete":
+                names = [op.key for op in run]
+                if "" in names:
+                    raise ValueError("cannot delete the empty key")
+                self._delete_many(names, revision, entries)
             else:
-                deletes.append(op.key)
-        if puts:
-            self._put_many(puts, revision, entries)
-        if deletes:
-            self._delete_many(deletes, revision, entries)
+                for op in run:
+                    self._delete_where(*_prefix_clause(op.key), revision, entries)
         if len(entries) > before:
             self.revision = revision
 
