@@ -15,7 +15,7 @@ it is dropped; what does form cycles (exceptions with their tracebacks, mostly) 
 and is still found by the young collections. Full collections still run, only rarely.
 Instagram's servers tune the collector for the same reason.
 
-Neighbours: `cli/server.py` and `testing/hollow.py` call it once, at start.
+Neighbours: `cli/server.py`, `cli/sim.py` and `testing/hollow.py` call it once, at start.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ import typer
 
 from corral.cli.output import EXIT_UNREACHABLE, EXIT_USAGE, console, die, print_json
 from corral.client import load_config
+from corral.gc_tuning import tune_for_large_heaps
 from corral.model.units import parse_size
 from corral.testing.hollow import FleetSpec, HollowFleet, parse_labels, summary
 
@@ -82,6 +83,7 @@ def sim(
             await fleet.close()
 
     try:
+        tune_for_large_heaps()  # the fleet keeps every node's assignments (gc_tuning.py)
         asyncio.run(run())
     except KeyboardInterrupt:
         pass
