@@ -53,6 +53,11 @@ def server(
     event_retention_age: str = typer.Option(
         "24h", "--event-retention-age",
         help="How long an event is kept for replay (e.g. 30m, 24h, 7d); 0: no age limit."),
+    agent_path: bool = typer.Option(
+        True, "--agent-path/--no-agent-path",
+        help="Serve the agents' long polls, status batches and heartbeats on a lean path "
+        "in front of the web framework (the same answers; --no-agent-path: through the "
+        "framework like every other request, for comparison)."),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Run the API server (and its controllers)."""
@@ -71,7 +76,7 @@ def server(
                           artifact_max_bytes=max_bytes, insecure_http=insecure_http,
                           advertise_addresses=tuple(advertise_address),
                           event_retention_count=event_retention_count,
-                          event_retention_age=retention_age)
+                          event_retention_age=retention_age, agent_path=agent_path)
     try:
         # uvloop (libuv) runs the server's event loop, and uvicorn parses HTTP with
         # httptools when it is installed: the loop and the parser are most of a request's

@@ -32,6 +32,7 @@ from corral.server.api import (
     tokens,
     versions,
 )
+from corral.server.api.agent_path import AgentPath
 from corral.server.auth import authenticate
 from corral.server.context import ServerContext
 from corral.server.controllers import applications, drain, gc, scheduling
@@ -58,8 +59,10 @@ def _measured(ctx: ServerContext, controller: Controller) -> Controller:
         controller.name, controller.reconcile, placements))
 
 
-def create_app(ctx: ServerContext, *, controllers: Sequence[Controller] = CONTROLLERS
-               ) -> FastAPI:
+def create_app(ctx: ServerContext, *, controllers: Sequence[Controller] = CONTROLLERS,
+               agent_path: bool = True) -> FastAPI:
+    """`agent_path` False: FastAPI serves the agent's hot requests too (the reference the
+    lean path, `server/api/agent_path.py`, is tested against)."""
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await ctx.hub.start()
@@ -84,7 +87,6 @@ def create_app(ctx: ServerContext, *, controllers: Sequence[Controller] = CONTRO
                   openapi_url=None, docs_url=None, redoc_url=None)
     app.state.ctx = ctx
     app.state.token = ctx.config.token
-    app.add_middleware(RequestTimer, metrics=lambda: ctx.metrics)
     install_error_handlers(app)
     app.include_router(system.public)
     app.include_router(join.public)
@@ -93,6 +95,10 @@ def create_app(ctx: ServerContext, *, controllers: Sequence[Controller] = CONTRO
                    tokens, join, services, jobs):
         app.include_router(module.router, dependencies=auth)
     app.include_router(instances.ws_router)  # websockets authenticate themselves
+    # The last added is the outermost: the timer sees the agent path's requests too.
+    if agent_path:
+        app.add_middleware(AgentPath, routes=nodes.router.routes)
+    app.add_middleware(RequestTimer, metrics=lambda: ctx.metrics)
 
     @app.get("/openapi.json", dependencies=auth, include_in_schema=False)
     async def openapi() -> dict[str, Any]:

@@ -51,6 +51,9 @@ class ServerConfig:
     event_heartbeat: float = 15.0  # seconds of quiet after which a follower gets a keepalive
     deployment_retention: int = 50  # deployments kept per service (newest)
     history_retention: int = 100_000  # store revisions kept for watches to replay
+    # The agents' long poll, status batch and heartbeat served by the lean path
+    # (`server/api/agent_path.py`); False: by FastAPI like every other request.
+    agent_path: bool = True
 
     @property
     def artifacts_dir(self) -> Path:

@@ -7,6 +7,7 @@ Body shape: `{"error": {"status": 404, "message": "...", "details": ...}}`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral.spec import SpecError
 
-__all__ = ["ApiError", "install_error_handlers"]
+__all__ = ["ApiError", "error_body", "install_error_handlers", "validation_message"]
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class ApiError(Exception):
         self.details = details
 
 
-def _body(status: int, message: str, details: Any = None) -> dict[str, Any]:
+def error_body(status: int, message: str, details: Any = None) -> dict[str, Any]:
     error: dict[str, Any] = {"status": status, "message": message}
     if details is not None:
         error["details"] = details
@@ -41,29 +42,35 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "request"
 
 
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
+    """One line naming every invalid field of a request and what was wrong with it."""
+    problems = [f"{_loc(tuple(e.get('loc', ())))}: {e.get('msg', 'invalid')}" for e in errors]
+    return "invalid request: " + "; ".join(problems)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(_body(exc.status, exc.message, exc.details), status_code=exc.status)
+        return JSONResponse(error_body(exc.status, exc.message, exc.details),
+                            status_code=exc.status)
 
     @app.exception_handler(SpecError)
     async def spec_error(_: Request, exc: SpecError) -> JSONResponse:
-        return JSONResponse(_body(422, f"invalid application spec:\n{exc}", exc.to_dict()),
+        return JSONResponse(error_body(422, f"invalid application spec:\n{exc}", exc.to_dict()),
                             status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [f"{_loc(tuple(e.get('loc', ())))}: {e.get('msg', 'invalid')}"
-                    for e in exc.errors()]
-        return JSONResponse(_body(422, "invalid request: " + "; ".join(problems)),
+        return JSONResponse(error_body(422, validation_message(exc.errors())),
                             status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(_body(exc.status_code, str(exc.detail)), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(error_body(exc.status_code, str(exc.detail)),
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(_body(500, "internal error; see the server log"), status_code=500)
+        return JSONResponse(error_body(500, "internal error; see the server log"),
+                            status_code=500)

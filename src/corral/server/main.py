@@ -102,7 +102,7 @@ async def serve(config: ServerConfig) -> None:
     else:
         await _announce(ctx, join_url(config, port))
     server = make_server(
-        create_app(ctx), host=config.host, port=config.port,
+        create_app(ctx, agent_path=config.agent_path), host=config.host, port=config.port,
         certfile=None if config.insecure_http else pki.server_cert_path,
         keyfile=None if config.insecure_http else pki.server_key_path)
     loop = asyncio.get_running_loop()

@@ -94,7 +94,9 @@ class ServerHarness:
 
 @asynccontextmanager
 async def server_harness(tmp_path: Path, *, store: Store | None = None,
-                      clock: FakeClock | None = None) -> AsyncIterator[ServerHarness]:
+                      clock: FakeClock | None = None, agent_path: bool = True
+                      ) -> AsyncIterator[ServerHarness]:
+    """`agent_path` False: FastAPI serves the agents' hot requests too (`create_app`)."""
     clock = clock or FakeClock()
     store = store or MemoryStore()
     ids = (f"i{n:07x}" for n in itertools.count(1))
@@ -102,7 +104,7 @@ async def server_harness(tmp_path: Path, *, store: Store | None = None,
     ctx = ServerContext(config=config, store=store, records=Records(store, clock),
                         hub=WatchHub(store), clock=clock, new_id=lambda: next(ids),
                         pki=load_or_create_pki(config.pki_dir, now=clock.now()))
-    app = create_app(ctx, controllers=())
+    app = create_app(ctx, controllers=(), agent_path=agent_path)
     await ctx.hub.start()
     client = Client(ClientConfig(addr="http://corral", token=TOKEN),
                     transport=httpx.ASGITransport(app=app))

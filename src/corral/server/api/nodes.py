@@ -160,9 +160,20 @@ async def _ttl(ctx: ServerContext) -> float:
     return heartbeat_ttl(ctx.config, len(ctx.records.index.alive) + 1)
 
 
+class HeartbeatQuery(BaseModel):
+    lease_id: int
+
+
 @router.put("/{name}/heartbeat", openapi_extra=NODE_ACCESS)
-async def heartbeat(name: str, lease_id: int, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+async def heartbeat(name: str, query: Annotated[HeartbeatQuery, Query()], ctx: Ctx,
+                    caller: Caller) -> dict[str, Any]:
+    return await heartbeat_answer(ctx, caller, name, query)
+
+
+async def heartbeat_answer(ctx: ServerContext, caller: Identity, name: str,
+                           query: HeartbeatQuery) -> dict[str, Any]:
     act_for(caller, name)
+    lease_id = query.lease_id
     # From the index and the store's in-memory lease expiries: a heartbeat never waits for
     # the store's writer thread, so a busy store cannot make nodes miss their TTL.
     await ctx.records.index.ready()
@@ -276,31 +287,43 @@ async def get_node(name: str, ctx: Ctx) -> dict[str, Any]:
     raise ApiError(404, f"no node named {name!r}")
 
 
+class InstancesQuery(BaseModel):
+    index: int = 0
+    wait: float = Field(default=30.0, ge=0, le=300)
+    changes: bool = False
+
+
 @router.get("/{name}/instances", openapi_extra=NODE_ACCESS)
-async def node_instances(name: str, ctx: Ctx, caller: Caller, index: int = 0,
-                         wait: Annotated[float, Query(ge=0, le=300)] = 30.0,
-                         changes: bool = False) -> Response:
+async def node_instances(name: str, query: Annotated[InstancesQuery, Query()], ctx: Ctx,
+                         caller: Caller) -> Response:
+    return Response(content=await instances_answer(ctx, caller, name, query),
+                    media_type="application/json")
+
+
+async def instances_answer(ctx: ServerContext, caller: Identity, name: str,
+                           query: InstancesQuery) -> bytes:
     """The node's live instances, once one changed after `index` (a long poll). With
     `changes`, only the records changed after `index` and every live id (the agent keeps
-    the rest: `client/assignments.py`)."""
+    the rest: `client/assignments.py`). Encoded here rather than by FastAPI's generic
+    encoder, which walks every field of every instance again: the long poll is the answer
+    sent most often."""
     act_for(caller, name)
     instances = ctx.records.index
     await instances.ready()
+    index = query.index
     # An index ahead of the store (one that was replaced) cannot be counted from.
     since = index if 0 < index <= instances.revision else 0
     if index > 0:
         # Woken only by changes to this node's own instances (server/index.py).
-        index = await instances.wait_node(name, index, wait)
+        index = await instances.wait_node(name, index, query.wait)
     live = [i for i in instances.on_node(name) if i.record.state not in TERMINAL_STATES]
     answer: dict[str, Any] = {"index": max(instances.revision, index)}
-    if changes:
+    if query.changes:
         answer["since"] = since
         answer["ids"] = [i.record.id for i in live]
         live = [i for i in live if i.mod_revision > since]
     answer["instances"] = [to_data(i.record) for i in live]
-    # Encoded here rather than by FastAPI's generic encoder, which walks every field of
-    # every instance again: the long poll is the answer sent most often.
-    return Response(content=orjson.dumps(answer), media_type="application/json")
+    return orjson.dumps(answer)
 
 
 class InstanceReport(ReportBody):
@@ -313,6 +336,11 @@ class StatusBatch(BaseModel):
 
 @router.put("/{name}/status", openapi_extra=NODE_ACCESS)
 async def report_statuses(name: str, body: StatusBatch, ctx: Ctx, caller: Caller
+                          ) -> dict[str, Any]:
+    return await statuses_answer(ctx, caller, name, body)
+
+
+async def statuses_answer(ctx: ServerContext, caller: Identity, name: str, body: StatusBatch
                           ) -> dict[str, Any]:
     """Status reports of many of the node's instances, committed in one transaction (each
     instance guarded by its revision); retried from a fresh read if another write won."""
