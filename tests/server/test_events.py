@@ -160,3 +160,26 @@ async def test_a_lost_instance_is_told_to_followers_of_its_app(srv: ServerHarnes
     scheduled = [e for e in events if e["type"] == "scheduled"]
     assert all("scheduled on n1" in e["message"] for e in scheduled)
     assert await srv.client.events(topic="instance", app="blog") == []
+
+
+async def test_retention_prunes_a_burst_over_several_bounded_passes(
+        srv: ServerHarness) -> None:
+    """Each pass reads and deletes at most `most` events, never splits one transaction's
+    events, and the passes together end where one unbounded pass would."""
+    revisions = await _write(srv, 30, per_txn=2)
+    srv.ctx.config = dataclasses.replace(srv.ctx.config, event_retention_count=20,
+                                         event_retention_age=0)
+    passes = []
+    while (deleted := await prune_events(srv.ctx, batch=4, most=9)) > 0:
+        passes.append(deleted)
+        watermark = await srv.ctx.store.get(keys.EVENTS_PRUNED)
+        assert watermark is not None
+        left = [e["index"] for e in await srv.client.events()]
+        # whole transactions only: both events of each index are kept or both gone
+        assert all(left.count(i) == 2 for i in set(left))
+        assert min(left) > int(watermark.value)
+    # 9 read, the last index's pair held back when every one read was doomed
+    assert passes == [8, 8, 8, 8, 8] and sum(passes) == 40
+    kept = await srv.client.events()
+    assert [e["index"] for e in kept][::2] == revisions[20:]
+    assert await prune_events(srv.ctx, most=9) == 0

@@ -145,6 +145,18 @@ class StoreConformance:
         assert [k.key for k in found] == ["/e/1"]
         assert (await store.get("/e/1")) == kv("/e/1", b"again", create=2, mod=3, version=2)
 
+    async def test_count_counts_the_keys_under_a_prefix(self, store: Store) -> None:
+        assert await store.count("/e/") == (0, 0)
+        await store.put("/e/2", b"second")
+        await store.put("/e/1", b"first")
+        await store.put("/e/1", b"again")
+        await store.put("/e", b"not under /e/")
+        await store.put("/f/1", b"other")
+        assert await store.count("/e/") == (2, 5)
+        assert await store.count("") == (4, 5)
+        await store.delete("/e/2")
+        assert await store.count("/e/") == (1, 6)
+
     # transactions
 
     @pytest.mark.parametrize(("key", "target", "op", "value", "holds"), COMPARE_CASES)

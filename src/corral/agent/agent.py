@@ -33,6 +33,7 @@ from corral.agent.reporter import StatusReporter
 from corral.agent.retention import DEFAULT_LOG_RETENTION, expired_dirs
 from corral.agent.runner import InstanceDirs, Runner, StartObserver, job_service_spec
 from corral.client.assignments import merge_assignments
+from corral.client.heartbeats import retry_delay
 from corral.client.http import ApiError, Client, Unreachable
 from corral.clock import Clock
 from corral.model.application import ApplicationSpec, ServiceSpec
@@ -163,16 +164,20 @@ class Agent:
                 delay = min(delay * 2, 5.0)
 
     async def heartbeat_loop(self) -> None:
+        retry: float | None = None  # set while heartbeats fail (client/heartbeats.py)
         while True:
             await self._registered.wait()
-            await asyncio.sleep(self._heartbeat_interval)
+            await asyncio.sleep(self._heartbeat_interval if retry is None else retry)
             try:
                 answer = await self._client.heartbeat(self.config.name, self._lease_id)
+                retry = None
                 self._heartbeat_interval = float(answer.get("heartbeat_interval",
                                                             self._heartbeat_interval))
                 self._ttl = float(answer.get("ttl", self._ttl))
                 self._last_contact = self._clock.monotonic()
             except ApiError as exc:
+                retry = retry_delay(retry, self._heartbeat_interval) if exc.status >= 500 \
+                    else None
                 if exc.status == 404:
                     self._registered.clear()
                     await self.register()
@@ -181,7 +186,8 @@ class Agent:
                     # the disconnect rule stops them; the server has replaced them.
                     log.error("heartbeat refused (%d): %s", exc.status, exc.message)
             except Unreachable as exc:
-                log.warning("heartbeat failed: %s", exc)
+                retry = retry_delay(retry, self._heartbeat_interval)
+                log.warning("heartbeat failed, again in %.0f s: %s", retry, exc)
 
     async def watch_loop(self) -> None:
         index = 0

@@ -41,13 +41,15 @@ def event_time(key: str) -> float:
 
 
 def plan_pruning(events: Sequence[StoredEvent], *, now: float, keep_count: int,
-                 keep_age: float) -> list[StoredEvent]:
+                 keep_age: float, total: int | None = None) -> list[StoredEvent]:
     """The events to delete, oldest index first: the oldest beyond the newest
     `keep_count`, and the oldest run of those older than `keep_age` seconds. Stops at the
     first event that is both among the newest and young enough, so what is kept is always
-    everything above one index. 0 turns a limit off."""
+    everything above one index. 0 turns a limit off. `total`: how many events are stored
+    when `events` are only the oldest of them (default: `events` are all)."""
     ordered = sorted(events, key=lambda e: (e.index, e.key))
-    excess = len(ordered) - keep_count if keep_count > 0 else 0
+    stored = len(ordered) if total is None else total
+    excess = stored - keep_count if keep_count > 0 else 0
     cutoff = now - keep_age if keep_age > 0 else None
     doomed: list[StoredEvent] = []
     for position, ev in enumerate(ordered):
@@ -63,16 +65,31 @@ def plan_pruning(events: Sequence[StoredEvent], *, now: float, keep_count: int,
     return doomed
 
 
-async def prune_events(ctx: ServerContext, *, batch: int = 1000) -> int:
-    """Apply retention; returns how many events were deleted."""
+async def prune_events(ctx: ServerContext, *, batch: int = 1000, most: int = 100_000) -> int:
+    """Apply retention to the oldest `most` events at most; returns how many were deleted.
+
+    A call reads the number of events and the keys of the oldest `most` (keys start with
+    the time written), never every event: a million instances make millions of events in
+    minutes, and reading them all held a key object each (1.4 GiB of the server's memory
+    at C1M) and kept the gc controller busy for minutes. So a burst is pruned over several
+    passes, `most` per pass."""
     config = ctx.config
     if config.event_retention_count <= 0 and config.event_retention_age <= 0:
         return 0
-    kvs, _ = await ctx.store.range(keys.EVENTS, keys_only=True)  # their index and time
+    total, _ = await ctx.store.count(keys.EVENTS)
+    if total <= config.event_retention_count and config.event_retention_age <= 0:
+        return 0
+    kvs, _ = await ctx.store.range(keys.EVENTS, limit=most, keys_only=True)
     stored = [StoredEvent(index=kv.create_revision, time=event_time(kv.key), key=kv.key)
               for kv in kvs]
     doomed = plan_pruning(stored, now=ctx.clock.now(), keep_count=config.event_retention_count,
-                          keep_age=config.event_retention_age)
+                          keep_age=config.event_retention_age, total=total)
+    if len(stored) < total and doomed and len(doomed) == len(stored):
+        # Every event read is doomed, and more were not read: the last index's events may
+        # go on past the read, so they wait for the next pass (a transaction's events are
+        # never split between two sides of the watermark).
+        last = doomed[-1].index
+        doomed = [e for e in doomed if e.index != last] or doomed
     deleted = 0
     while deleted < len(doomed):
         end = min(deleted + batch, len(doomed))

@@ -204,7 +204,8 @@ class MeasuredStore:
     def __init__(self, store: Store, histogram: Histogram) -> None:
         self._store = store
         self._h = {op: histogram.labels(op) for op in
-                   ("revision", "get", "range", "put", "delete", "txn", "compact", "lease")}
+                   ("revision", "get", "range", "count", "put", "delete", "txn", "compact",
+                    "lease")}
 
     @property
     def inner(self) -> Store:
@@ -222,6 +223,10 @@ class MeasuredStore:
                     keys_only: bool = False) -> tuple[list[KeyValue], int]:
         with self._h["range"].time():
             return await self._store.range(prefix, limit=limit, keys_only=keys_only)
+
+    async def count(self, prefix: str) -> tuple[int, int]:
+        with self._h["count"].time():
+            return await self._store.count(prefix)
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         with self._h["put"].time():

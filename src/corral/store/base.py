@@ -129,6 +129,11 @@ class Store(Protocol):
         revisions of many large values."""
         ...
 
+    async def count(self, prefix: str) -> tuple[int, int]:
+        """How many keys start with `prefix`, and the revision read at (etcd's
+        `count_only`): without reading them, for callers that only need how many."""
+        ...
+
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         """Unconditional put; returns the new revision."""
         ...

@@ -88,6 +88,10 @@ class MemoryStore:
             found = [dataclasses.replace(kv, value=b"") for kv in found]
         return found, self._revision
 
+    async def count(self, prefix: str) -> tuple[int, int]:
+        self._check_open()
+        return len(self._under(prefix)), self._revision
+
     # writes
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:

@@ -230,6 +230,11 @@ class _Db:
             (*args, limit or -1)).fetchall()
         return [_kv(row) for row in rows], self.revision
 
+    def count(self, prefix: str) -> tuple[int, int]:
+        where, args = _prefix_clause(prefix)
+        row = self._conn.execute(f"SELECT COUNT(*) FROM kv WHERE {where}", args).fetchone()
+        return int(row[0]), self.revision
+
     def history(self, prefix: str, cursor: Position,
                 limit: int) -> tuple[list[WatchEvent], Position]:
         """Up to `limit` events under `prefix` from `cursor` on, and the cursor after them."""
@@ -518,6 +523,9 @@ class SqliteStore:
         if limit < 0:
             raise ValueError(f"range limit must be >= 0, not {limit}")
         return await self._run(partial(self._db.range, prefix, limit, keys_only))
+
+    async def count(self, prefix: str) -> tuple[int, int]:
+        return await self._run(partial(self._db.count, prefix))
 
     # writes
 

@@ -55,6 +55,7 @@ import httpx
 
 from corral.client import ApiError, Client, ClientConfig, Unreachable
 from corral.client.assignments import merge_assignments
+from corral.client.heartbeats import retry_delay
 from corral.client.http import tls_context
 from corral.gc_tuning import tune_for_large_heaps
 from corral.model.node import DEFAULT_PORT_RANGE
@@ -312,20 +313,25 @@ class HollowFleet:
         # The first beat comes somewhere within the first interval, so thousands of nodes
         # registered in a burst do not all beat in the same second ever after.
         delay = node.heartbeat_interval * ((position % 97) + 1) / 97
+        retry: float | None = None  # as the real agent (client/heartbeats.py)
         while True:
             await asyncio.sleep(delay)
-            delay = node.heartbeat_interval
             try:
                 answer = await self._timed(client.heartbeat(node.name, node.lease_id))
+                retry = None
                 node.ttl = float(answer.get("ttl", node.ttl))
                 node.heartbeat_interval = float(answer.get("heartbeat_interval",
                                                            node.heartbeat_interval))
             except ApiError as exc:
                 self._error(exc)
+                retry = retry_delay(retry, node.heartbeat_interval) if exc.status >= 500 \
+                    else None
                 if exc.status == 404:
                     await self.register(position)
             except Unreachable as exc:
                 self._error(exc)
+                retry = retry_delay(retry, node.heartbeat_interval)
+            delay = node.heartbeat_interval if retry is None else retry
 
     async def _watch(self, position: int) -> None:
         node, client = self.nodes[position], self._client_for(position)
