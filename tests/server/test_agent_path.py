@@ -169,3 +169,19 @@ async def test_the_lean_path_is_timed_under_the_route_templates(
     assert 'route="/v1/nodes/{name}/instances",status="200"' in text
     assert 'route="/v1/nodes/{name}/heartbeat",status="422"' in text
 
+
+
+async def test_the_spec_still_documents_the_agent_routes(sides: tuple[Side, Side]) -> None:
+    spec = await sides[0].srv.client.request("GET", "/openapi.json")
+
+    def params(path: str, method: str) -> list[tuple[str, str, bool]]:
+        op = spec["paths"][path][method]
+        assert op["x-corral-access"] == "node"
+        return [(p["name"], p["in"], p.get("required", False)) for p in op["parameters"]]
+
+    assert params("/v1/nodes/{name}/instances", "get") == [
+        ("name", "path", True), ("index", "query", False), ("wait", "query", False),
+        ("changes", "query", False)]
+    assert params("/v1/nodes/{name}/heartbeat", "put") == [
+        ("name", "path", True), ("lease_id", "query", True)]
+    assert "requestBody" in spec["paths"]["/v1/nodes/{name}/status"]["put"]
