@@ -74,6 +74,13 @@ def _unreachable(config: ClientConfig, exc: httpx.TransportError, what: str) -> 
                        f"up` running? (CORRAL_ADDR){hint}")
 
 
+def _resendable(kwargs: dict[str, Any]) -> bool:
+    """Whether a request's body can be sent twice: none, JSON, or bytes in memory (not a
+    stream that the first attempt consumed)."""
+    content = kwargs.get("content")
+    return content is None or isinstance(content, (bytes, str))
+
+
 def _error(resp: httpx.Response) -> ApiError:
     try:
         body = resp.json()
@@ -104,10 +111,19 @@ class Client:
 
     async def request(self, method: str, path: str, *, timeout: float | None = None,
                       **kwargs: Any) -> Any:
+        if timeout is not None:
+            kwargs["timeout"] = timeout
         try:
-            if timeout is not None:
-                kwargs["timeout"] = timeout
-            resp = await self._http.request(method, path, **kwargs)
+            try:
+                resp = await self._http.request(method, path, **kwargs)
+            except httpx.RemoteProtocolError:
+                # "Server disconnected without sending a response": mostly a kept-alive
+                # connection the server closed as it was reused (uvicorn closes idle ones
+                # after 5 s). Sent again once on a fresh connection when that is safe: a
+                # GET or a PUT of a body in memory (every PUT of this API may be repeated).
+                if method not in ("GET", "PUT") or not _resendable(kwargs):
+                    raise
+                resp = await self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise _unreachable(self.config, exc, "cannot reach the corral server") from exc
         if resp.status_code >= 400:
