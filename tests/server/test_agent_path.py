@@ -181,7 +181,7 @@ async def test_the_spec_still_documents_the_agent_routes(sides: tuple[Side, Side
 
     assert params("/v1/nodes/{name}/instances", "get") == [
         ("name", "path", True), ("index", "query", False), ("wait", "query", False),
-        ("changes", "query", False)]
+        ("changes", "query", False), ("watch", "query", False)]
     assert params("/v1/nodes/{name}/heartbeat", "put") == [
         ("name", "path", True), ("lease_id", "query", True)]
     assert "requestBody" in spec["paths"]["/v1/nodes/{name}/status"]["put"]

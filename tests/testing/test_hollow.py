@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from corral.client import ClientConfig
+from corral.testing.asgi import StreamingASGITransport
 from corral.testing.hollow import (
     FleetSpec,
     Held,
@@ -88,7 +89,7 @@ async def fleet_round(srv: ServerHarness, batch: bool) -> None:
     spec = FleetSpec(count=3, labels=(("zone", ("a", "b")),), batch_status=batch,
                      poll_wait=5)
     fleet = HollowFleet(ClientConfig(addr="http://corral", token=TOKEN), spec,
-                        transport=httpx.ASGITransport(app=srv.app))
+                        transport=StreamingASGITransport(srv.app))
     task = asyncio.create_task(fleet.run())
     try:
         await until(lambda: fleet.stats.registered == 3, "registered")
@@ -137,7 +138,7 @@ async def test_a_batch_whose_answer_was_lost_is_sent_again_and_counted(
     async with server_harness(tmp_path) as srv:
         spec = FleetSpec(count=1, labels=(), poll_wait=5)
         fleet = HollowFleet(ClientConfig(addr="http://corral", token=TOKEN), spec,
-                            transport=LosesFirstReplies(httpx.ASGITransport(app=srv.app), 2))
+                            transport=LosesFirstReplies(StreamingASGITransport(srv.app), 2))
         task = asyncio.create_task(fleet.run())
         try:
             await until(lambda: fleet.stats.registered == 1, "registered")

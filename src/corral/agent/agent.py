@@ -190,27 +190,30 @@ class Agent:
                 log.warning("heartbeat failed, again in %.0f s: %s", retry, exc)
 
     async def watch_loop(self) -> None:
+        """Follow this node's assignments on a watch (one streamed answer per change),
+        asking again from the last index when the server ends it."""
         index = 0
         delay = 0.2
         assigned: dict[str, Instance] = {}
         while True:
             await self._registered.wait()
             try:
-                answer = await self._client.node_instances(self.config.name, index=index,
-                                                           wait=self.config.poll_wait,
-                                                           changes=True)
-                delay = 0.2
+                async for answer in self._client.watch_node_instances(
+                        self.config.name, index=index, wait=self.config.poll_wait,
+                        changes=True):
+                    delay = 0.2
+                    assigned, complete = merge_assignments(
+                        assigned, answer, lambda data: from_data(Instance, data))
+                    index = int(answer["index"]) if complete else 0
+                    log.debug("assignments at index %d: %d instances, %d changed", index,
+                              len(assigned), len(answer["instances"]))
+                    await self.reconcile(list(assigned.values()))
+                    if not complete:
+                        break  # this cache and the server disagree: the whole list again
             except (Unreachable, ApiError) as exc:
                 log.warning("watch failed: %s", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-                continue
-            assigned, complete = merge_assignments(
-                assigned, answer, lambda data: from_data(Instance, data))
-            index = int(answer["index"]) if complete else 0
-            log.debug("assignments at index %d: %d instances, %d changed", index,
-                      len(assigned), len(answer["instances"]))
-            await self.reconcile(list(assigned.values()))
 
     async def _spec_for(self, inst: Instance) -> ServiceSpec | None:
         key = (inst.namespace, inst.app, inst.version)

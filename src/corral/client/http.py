@@ -132,10 +132,14 @@ class Client:
             return None
         return resp.json()
 
-    async def stream_lines(self, path: str, params: dict[str, Any]) -> AsyncIterator[Any]:
+    async def stream_lines(self, path: str, params: dict[str, Any], *,
+                           read_timeout: float | None = None) -> AsyncIterator[Any]:
+        """Each line of a streamed answer, decoded; `read_timeout`: the longest wait for
+        the next bytes (None: no limit)."""
         try:
             async with self._http.stream("GET", path, params=params,
-                                         timeout=httpx.Timeout(10.0, read=None)) as resp:
+                                         timeout=httpx.Timeout(10.0, read=read_timeout)
+                                         ) as resp:
                 if resp.status_code >= 400:
                     await resp.aread()
                     raise _error(resp)
@@ -256,6 +260,18 @@ class Client:
             params["changes"] = "true"
         return await self.request("GET", f"/v1/nodes/{name}/instances", params=params,
                                   timeout=wait + 15)
+
+    def watch_node_instances(self, name: str, *, index: int, wait: float,
+                             changes: bool = False) -> AsyncIterator[Any]:
+        """A node's watch: the answers its long polls would get, on one response, one at
+        least every `wait` seconds (a silent server is a lost one after `wait` + 15 s).
+        Ends when the server ends the watch (after `WATCH_SECONDS`, or as it stops): ask
+        again from the last answer's index."""
+        params: dict[str, Any] = {"index": index, "wait": wait, "watch": "true"}
+        if changes:
+            params["changes"] = "true"
+        return self.stream_lines(f"/v1/nodes/{name}/instances", params,
+                                 read_timeout=wait + 15)
 
     async def report_usage(self, name: str, instances: dict[str, Any]) -> Any:
         return await self.request("PUT", f"/v1/nodes/{name}/usage",

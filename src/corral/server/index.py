@@ -335,6 +335,11 @@ class StateIndex:
                 await asyncio.wait_for(event.wait(), timeout)
         return max(self.revision, index)
 
+    @property
+    def closing(self) -> bool:
+        """The server is stopping: long polls answer at once, watches end."""
+        return self._closing
+
     def release_waiters(self) -> None:
         """The server is stopping: every long poll answers now, and new ones at once, so
         they end before the HTTP server's graceful-shutdown timeout rather than being

@@ -9,9 +9,10 @@ Each hollow node does what `agent/agent.py` does, minus the runtime:
    |
    +-- heartbeat every TTL/3 (the TTL the server answers, which grows with the cluster);
    |     404 -> register again
-   +-- long poll GET /v1/nodes/{name}/instances?index=R&wait=W&changes=true (only the
-   |     records changed since R, merged into what the node holds, as the agent does;
-   |     `full_answers=True`: the whole list every time), then reconcile:
+   +-- watch GET /v1/nodes/{name}/instances?index=R&wait=W&changes=true&watch=true
+   |     (one streamed answer per change, each only the records changed since the last,
+   |     merged into what the node holds, as the agent does; `full_answers=True`: the
+   |     whole list every time), on each answer reconcile:
          desired=run, scheduled  -> report starting, then running
          desired=stop, not ended -> report stopped
        status reports go in one request per answer (PUT /v1/nodes/{name}/status, the
@@ -24,9 +25,9 @@ Connections: httpx's pool checks every one of its connections (expiry, a readabi
 probe of the socket) on every request, so one pool for 10,000 long polls would cost more
 than the server: measured, 64-node pools made registering 5,000 nodes take 465 s, the
 hollow process busy in `_assign_requests_to_connections`. Nodes are sharded over
-`shard_size`-node clients (8), each one keep-alive pool of HTTP/1.1 connections, two per
-node: one for its long poll, then its reports, then the next poll, and one for its
-heartbeats, which must never wait behind a long poll.
+`shard_size`-node clients (8), each one keep-alive pool of HTTP/1.1 connections, three
+per node: one held by its watch, one for its reports and one for its heartbeats, which
+must never wait behind the others.
 
 What the nodes were told is kept (`assigned`), so `check()` can say afterwards whether any
 instance landed on two nodes, any node was given more than its capacity, or two instances
@@ -237,10 +238,9 @@ class HollowFleet:
                 self._clients.append(Client(self.config, transport=self._transport,
                                             timeout=self.spec.poll_wait + 60))
                 break
-            # Two per node: its long poll (held up to poll_wait) and its heartbeat; reports
-            # go out on the poll's turn. Fewer, and heartbeats queue behind long polls in
-            # the pool until their lease expires.
-            size = 2 * self.spec.shard_size
+            # Three per node: its watch (held open), its reports and its heartbeat. Fewer,
+            # and heartbeats queue behind reports in the pool until their lease expires.
+            size = 3 * self.spec.shard_size
             limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
             verify: Any = tls_context(self.config.cacert) \
                 if self.config.addr.startswith("https://") else False
@@ -338,25 +338,32 @@ class HollowFleet:
         delay = 0.2
         while True:
             try:
-                answer = await client.node_instances(node.name, index=node.index,
-                                                     wait=self.spec.poll_wait,
-                                                     changes=not self.spec.full_answers)
-                delay = 0.2
+                async for answer in client.watch_node_instances(
+                        node.name, index=node.index, wait=self.spec.poll_wait,
+                        changes=not self.spec.full_answers):
+                    delay = 0.2
+                    if not await self._take(position, answer):
+                        break  # the cache and the server disagree: the whole list again
             except (Unreachable, ApiError) as exc:
                 self._error(exc)
                 if isinstance(exc, ApiError) and exc.status == 404:
                     await self.register(position)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-                continue
-            self.stats.polls += 1
-            node.records, complete = merge_assignments(node.records, answer, lambda data: data)
-            node.index = int(answer["index"]) if complete else 0
-            instances = list(node.records.values())
-            self._remember(node, instances)
-            reports = next_reports(instances, node.handled)
-            if reports:
-                await self._send(position, reports)
+
+    async def _take(self, position: int, answer: Mapping[str, Any]) -> bool:
+        """One answer of the node's watch: keep it, report what the agent would; whether
+        the node's list is complete."""
+        node = self.nodes[position]
+        self.stats.polls += 1
+        node.records, complete = merge_assignments(node.records, answer, lambda data: data)
+        node.index = int(answer["index"]) if complete else 0
+        instances = list(node.records.values())
+        self._remember(node, instances)
+        reports = next_reports(instances, node.handled)
+        if reports:
+            await self._send(position, reports)
+        return complete
 
     def _remember(self, node: HollowNode, instances: Sequence[Mapping[str, Any]]) -> None:
         """The answer is the node's whole list of live instances: keep what each holds."""

@@ -1,5 +1,6 @@
 """An in-process API server for tests: memory store, fake clock, predictable ids, and a
-client that talks to it through httpx's ASGI transport (no sockets, no threads).
+client that talks to it through an ASGI transport (no sockets, no threads) that streams
+answers as they are sent (`testing/asgi.py`), so a node's watch works here too.
 
 Controllers do not run by themselves here; tests call `reconcile()` to run each one once,
 so every step is deterministic. The server has a cluster CA (in the test's temp dir), so
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 from fastapi import FastAPI
 
 from corral.agent.identity import new_key_and_csr
@@ -33,6 +33,7 @@ from corral.server.records import Records
 from corral.server.watchhub import WatchHub
 from corral.store import MemoryStore
 from corral.store.base import Store
+from corral.testing.asgi import StreamingASGITransport
 from corral.testing.clock import FakeClock
 
 __all__ = ["TOKEN", "JoinedNode", "ServerHarness", "server_harness"]
@@ -71,7 +72,7 @@ class ServerHarness:
     def client_with(self, token: str) -> Client:
         """A client that sends `token` (any secret: admin, node credential, junk)."""
         return Client(ClientConfig(addr="http://corral", token=token),
-                      transport=httpx.ASGITransport(app=self.app))
+                      transport=StreamingASGITransport(self.app))
 
     async def join_token(self, *, ttl: float = 3600.0) -> str:
         answer = await self.client.create_token(ttl=ttl)
@@ -107,7 +108,7 @@ async def server_harness(tmp_path: Path, *, store: Store | None = None,
     app = create_app(ctx, controllers=(), agent_path=agent_path)
     await ctx.hub.start()
     client = Client(ClientConfig(addr="http://corral", token=TOKEN),
-                    transport=httpx.ASGITransport(app=app))
+                    transport=StreamingASGITransport(app))
     try:
         yield ServerHarness(ctx=ctx, app=app, client=client, clock=clock)
     finally:

@@ -20,8 +20,9 @@ else, or a method these routes do not take, goes on to FastAPI.
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -42,11 +43,13 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Asgi = Callable[[Scope, Receive, Send], Awaitable[None]]
-# (context, caller, node name, query string, body) -> the JSON answer
-Serve = Callable[[ServerContext, Identity, str, bytes, bytes], Awaitable[bytes]]
+# (context, caller, node name, query string, body) -> the JSON answer, or a watch's lines
+Answer = bytes | AsyncIterator[bytes]
+Serve = Callable[[ServerContext, Identity, str, bytes, bytes], Awaitable[Answer]]
 
 _PATH = re.compile(r"^/v1/nodes/([^/]+)/(instances|status|heartbeat)$")
 _JSON = [(b"content-type", b"application/json")]
+_NDJSON = [(b"content-type", nodes.NDJSON.encode())]
 
 
 def _query(model: type[BaseModel], raw: bytes) -> Any:
@@ -55,8 +58,11 @@ def _query(model: type[BaseModel], raw: bytes) -> Any:
 
 
 async def _instances(ctx: ServerContext, caller: Identity, name: str, query: bytes,
-                     _: bytes) -> bytes:
-    return await nodes.instances_answer(ctx, caller, name, _query(nodes.InstancesQuery, query))
+                     _: bytes) -> Answer:
+    parsed = _query(nodes.InstancesQuery, query)
+    if parsed.watch:
+        return await nodes.instances_watch(ctx, caller, name, parsed)
+    return await nodes.instances_answer(ctx, caller, name, parsed)
 
 
 async def _heartbeat(ctx: ServerContext, caller: Identity, name: str, query: bytes,
@@ -105,7 +111,8 @@ class AgentPath:
             return
         route, serve = found
         scope["route"] = route
-        status, answer = 200, b""
+        status: int = 200
+        answer: Answer = b""
         try:
             caller = await identify(HTTPConnection(scope))
             body = await _body(receive) if scope["method"] == "PUT" else b""
@@ -117,6 +124,9 @@ class AgentPath:
         except ValidationError as exc:
             status = 422
             answer = orjson.dumps(error_body(422, validation_message(exc.errors())))
+        if not isinstance(answer, bytes):
+            await _stream(answer, receive, send)
+            return
         await send({"type": "http.response.start", "status": status,
                     "headers": [*_JSON, (b"content-length", str(len(answer)).encode())]})
         await send({"type": "http.response.body", "body": answer})
@@ -132,3 +142,28 @@ async def _body(receive: Receive) -> bytes:
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
+
+
+async def _stream(lines: AsyncIterator[bytes], receive: Receive, send: Send) -> None:
+    """Send `lines` as one chunked response until they end or the client goes away (then
+    the watch stops waiting at once, rather than at its next line)."""
+    await send({"type": "http.response.start", "status": 200, "headers": _NDJSON})
+
+    async def send_all() -> None:
+        async for line in lines:
+            await send({"type": "http.response.body", "body": line, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def until_disconnect() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    tasks = [asyncio.ensure_future(send_all()), asyncio.ensure_future(until_disconnect())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        task.result()  # an error while streaming goes on to the server's error handling

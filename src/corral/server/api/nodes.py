@@ -29,10 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from corral.model.codec import to_data
@@ -291,11 +294,25 @@ class InstancesQuery(BaseModel):
     index: int = 0
     wait: float = Field(default=30.0, ge=0, le=300)
     changes: bool = False
+    # A stream of answers on one response (newline-delimited JSON), as a watch in
+    # Kubernetes: the answers a run of long polls would get, without a request for each.
+    watch: bool = False
 
 
-@router.get("/{name}/instances", openapi_extra=NODE_ACCESS)
+# A watch ends after this long (the agent asks again from its index): its caller's token is
+# checked again, and agents spread over the servers again after one restarted.
+WATCH_SECONDS = 300.0
+NDJSON = "application/x-ndjson"
+
+
+@router.get("/{name}/instances", openapi_extra={
+    **NODE_ACCESS, "responses": {"200": {"content": {NDJSON: {"schema": {"type": "string"}}},
+                                         "description": "with `watch`: one answer a line"}}})
 async def node_instances(name: str, query: Annotated[InstancesQuery, Query()], ctx: Ctx,
                          caller: Caller) -> Response:
+    if query.watch:
+        return StreamingResponse(await instances_watch(ctx, caller, name, query),
+                                 media_type=NDJSON)
     return Response(content=await instances_answer(ctx, caller, name, query),
                     media_type="application/json")
 
@@ -307,10 +324,36 @@ async def instances_answer(ctx: ServerContext, caller: Identity, name: str,
     the rest: `client/assignments.py`). Encoded here rather than by FastAPI's generic
     encoder, which walks every field of every instance again: the long poll is the answer
     sent most often."""
+    return (await _instances_answer(ctx, caller, name, query.index, query))[1]
+
+
+async def instances_watch(ctx: ServerContext, caller: Identity, name: str,
+                          query: InstancesQuery) -> AsyncIterator[bytes]:
+    """The lines of a watch: each the answer the next long poll would get (its `index`
+    the one to ask from next), one at least every `wait` seconds, for `WATCH_SECONDS` or
+    until the server stops. The first answer is made here, so a refusal (403) is an
+    error status rather than a stream that ends at once."""
+    first = await _instances_answer(ctx, caller, name, query.index, query)
+    index = ctx.records.index
+
+    async def lines() -> AsyncIterator[bytes]:
+        deadline = time.monotonic() + WATCH_SECONDS
+        since, answer = first
+        while True:
+            yield answer + b"\n"
+            if index.closing or time.monotonic() >= deadline:
+                return
+            since, answer = await _instances_answer(ctx, caller, name, since, query)
+
+    return lines()
+
+
+async def _instances_answer(ctx: ServerContext, caller: Identity, name: str, index: int,
+                            query: InstancesQuery) -> tuple[int, bytes]:
+    """(the index to ask from next, the answer)."""
     act_for(caller, name)
     instances = ctx.records.index
     await instances.ready()
-    index = query.index
     # An index ahead of the store (one that was replaced) cannot be counted from.
     since = index if 0 < index <= instances.revision else 0
     if index > 0:
@@ -323,7 +366,7 @@ async def instances_answer(ctx: ServerContext, caller: Identity, name: str,
         answer["ids"] = [i.record.id for i in live]
         live = [i for i in live if i.mod_revision > since]
     answer["instances"] = [to_data(i.record) for i in live]
-    return orjson.dumps(answer)
+    return answer["index"], orjson.dumps(answer)
 
 
 class InstanceReport(ReportBody):
