@@ -1,9 +1,10 @@
-"""The node agent: registers its node, keeps its lease alive, long-polls the server for the
+"""The node agent: registers its node, keeps its lease alive, watches the server for the
 instances assigned to it, and reconciles them locally by running one `Runner` each.
 
 It talks only to the server API, never to the store. Reconciliation is level-triggered:
-each answer of the long poll is the full list of what should exist on this node, so a
-missed change is corrected by the next answer.
+each answer of the watch gives the full list of what should exist on this node (merged
+from the changes it carries, `client/assignments.py`), so a missed change is corrected by
+the next answer.
 
 ```
  start -> recover handle.json files -> clean other stale cgroups -> register

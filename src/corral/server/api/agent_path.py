@@ -1,5 +1,6 @@
 """The three requests every agent makes over and over, served without FastAPI's
-per-request machinery: the long poll (`GET /v1/nodes/{name}/instances`), the batched status
+per-request machinery: the watch or long poll (`GET /v1/nodes/{name}/instances`; a watch
+streams its lines until they end or the client goes away), the batched status
 reports (`PUT /v1/nodes/{name}/status`) and the heartbeat (`PUT /v1/nodes/{name}/heartbeat`).
 
 Why: with ten thousand agents these are nearly every request the server answers (260,000
