@@ -166,7 +166,8 @@ class FleetStats:
     stopped: int = 0
     reports: int = 0  # instance transitions reported
     requests: int = 0  # agent protocol requests other than long polls
-    polls: int = 0  # long-poll answers
+    polls: int = 0  # assignment answers (watch lines or long-poll answers)
+    records: int = 0  # instance records those answers carried
     errors: int = 0
     latencies: list[float] = field(default_factory=list)  # seconds, requests (not polls)
     first_running: float | None = None  # time.time() of the first and the latest running
@@ -356,6 +357,7 @@ class HollowFleet:
         the node's list is complete."""
         node = self.nodes[position]
         self.stats.polls += 1
+        self.stats.records += len(answer["instances"])
         node.records, complete = merge_assignments(node.records, answer, lambda data: data)
         node.index = int(answer["index"]) if complete else 0
         instances = list(node.records.values())
@@ -477,7 +479,8 @@ def summary(fleet: HollowFleet) -> dict[str, Any]:
     return {
         "nodes": len(fleet.nodes), "registered": stats.registered,
         "running": stats.running, "stopped": stats.stopped, "reports": stats.reports,
-        "requests": stats.requests, "polls": stats.polls, "errors": stats.errors,
+        "requests": stats.requests, "polls": stats.polls, "records": stats.records,
+        "errors": stats.errors,
         "p50_ms": _ms(_percentile(stats.latencies, 0.50)),
         "p99_ms": _ms(_percentile(stats.latencies, 0.99)),
         "first_running": stats.first_running, "last_running": stats.last_running,

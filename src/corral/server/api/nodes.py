@@ -321,9 +321,9 @@ async def instances_answer(ctx: ServerContext, caller: Identity, name: str,
                            query: InstancesQuery) -> bytes:
     """The node's live instances, once one changed after `index` (a long poll). With
     `changes`, every live id and only the records changed after `index` other than by the
-    node's own status reports (the agent keeps the rest: `client/assignments.py`). Encoded here rather than by FastAPI's generic
-    encoder, which walks every field of every instance again: the long poll is the answer
-    sent most often."""
+    node's own status reports (the agent keeps the rest: `client/assignments.py`).
+    Encoded here rather than by FastAPI's generic encoder, which walks every field of every
+    instance again: the long poll is the answer sent most often."""
     return (await _instances_answer(ctx, caller, name, query.index, query))[1]
 
 
