@@ -305,7 +305,7 @@ async def test_a_long_poll_for_changes_sends_only_the_records_the_agent_must_lea
     whole = await srv.client.node_instances("n1", index=full["index"], wait=5)
     assert "ids" not in whole and [(i["id"], i["state"]) for i in whole["instances"]] == [
         (iid, current[iid]["state"]) for iid in ids]
-    assert dict(whole["instances"][1])["state"] == "starting"
+    assert whole["instances"][1]["state"] == "starting"
     # an index the server's store never reached: counted from nothing
     ahead = await srv.client.node_instances("n1", index=delta["index"] + 1000, wait=0,
                                             changes=True)

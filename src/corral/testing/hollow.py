@@ -165,7 +165,7 @@ class FleetStats:
     running: int = 0  # instances whose `running` report the server accepted
     stopped: int = 0
     reports: int = 0  # instance transitions reported
-    requests: int = 0  # agent protocol requests other than long polls
+    requests: int = 0  # agent protocol requests other than watches
     polls: int = 0  # assignment answers (watch lines or long-poll answers)
     records: int = 0  # instance records those answers carried
     errors: int = 0
