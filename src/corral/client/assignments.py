@@ -10,10 +10,7 @@ An answer with `changes=true` holds:
 - `since`: the revision the changes are counted from; 0 when the answer is the whole list
   (a first poll, or an index the server does not know, as after its store was replaced);
 - `ids`: every live instance of the node, in order;
-- `instances`: the records of those changed after `since` in a way the agent must learn
-  (all of them when `since` is 0): one changed only by this node's own status reports is
-  not sent back, so a kept record may show an older `state` than the server's; what the
-  agent decides from is `desired`, the assignment and its own runners.
+- `instances`: the records of those changed after `since` (all of them when `since` is 0).
 
 An answer without `ids` is from a server that does not know `changes`: the whole list.
 

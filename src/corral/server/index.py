@@ -63,7 +63,7 @@ from corral.scheduler.snapshot import NodeUsage, holds_resources, millicores
 from corral.server import keys
 from corral.store.base import EventType, Store, WatchEvent
 
-__all__ = ["Assigned", "IdsInUse", "StateIndex", "Versioned"]
+__all__ = ["IdsInUse", "StateIndex", "Versioned"]
 
 T = TypeVar("T")
 AppKey = tuple[str, str]  # namespace, application
@@ -73,15 +73,6 @@ AppKey = tuple[str, str]  # namespace, application
 class Versioned(Generic[T]):
     record: T
     mod_revision: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Assigned(Versioned[Instance]):
-    """An instance as the index keeps it: `told_revision` is the revision of its last
-    change its node's agent must learn (`_tells_the_agent`), so a node's answer need not
-    send back the records that changed only by the agent's own status reports."""
-
-    told_revision: int
 
 
 _INTERNED = ("namespace", "app", "service", "spec_hash", "node", "address", "reason",
@@ -218,7 +209,7 @@ class StateIndex:
         self.unalive: set[str] = set()
         self.draining: set[str] = set()
         # node name -> instance id -> record: what each node's long poll answers.
-        self._by_node: dict[str, dict[str, Assigned]] = {}
+        self._by_node: dict[str, dict[str, Versioned[Instance]]] = {}
         self._held: dict[str, _Held] = {}
         # ids of the instances waiting for placement, in the order they arrived
         self.pending: dict[str, None] = {}
@@ -328,7 +319,7 @@ class StateIndex:
     def in_use(self, instance_id: str) -> bool:
         return keys.instance(instance_id) in self.instances.items
 
-    def on_node(self, name: str) -> list[Assigned]:
+    def on_node(self, name: str) -> list[Versioned[Instance]]:
         """The instances assigned to `name`, terminal ones included, sorted by id."""
         found = self._by_node.get(name, {})
         return [found[i] for i in sorted(found)]
@@ -387,9 +378,10 @@ class StateIndex:
                     continue
                 if event.type == EventType.PUT:
                     old, new = self._put_instance(key, kv.value, revision, revision)
-                    tells = new.told_revision == revision
                 else:
-                    old, new, tells = self._pop_instance(key), None, True
+                    old, new = self._pop_instance(key), None
+                tells = _tells_the_agent(old.record if old else None,
+                                         new.record if new else None)
                 for item in (old, new):
                     if item is None:
                         continue
@@ -441,14 +433,11 @@ class StateIndex:
         return hint[1] if hint is not None and hint[0] is value else None
 
     def _put_instance(self, key: str, value: bytes, mod_revision: int, revision: int
-                      ) -> tuple[Versioned[Instance] | None, Assigned]:
+                      ) -> tuple[Versioned[Instance] | None, Versioned[Instance]]:
         record = self._hinted(key, value)
         inst = _intern(record if isinstance(record, Instance) else load_json(Instance, value))
-        old = self.instances.items.get(key)
-        told = old.told_revision if isinstance(old, Assigned) \
-            and not _tells_the_agent(old.record, inst) else mod_revision
-        item = Assigned(inst, mod_revision, told)
-        self.instances.put(key, item)
+        item = Versioned(inst, mod_revision)
+        old = self.instances.put(key, item)
         if old is not None:
             self._forget(old.record, moved=old.record.node != inst.node)
             self._unlist(old.record)

@@ -24,7 +24,6 @@ checks it itself: `authenticate` covers HTTP routes only).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, WebSocket
@@ -41,7 +40,6 @@ from corral.server.auth import NODE_ACCESS, Identity, act_for, get_identity
 from corral.server.context import ServerContext
 from corral.server.errors import ApiError
 from corral.server.exec import relay_exec
-from corral.server.index import Versioned
 from corral.server.logs import stream_logs
 from corral.server.remote import (
     instance_processes,
@@ -95,7 +93,6 @@ async def select_instances(ctx: ServerContext, *, namespace: str | None = None,
     await index.ready()
     # One application's or one node's instances come from the index's tables for them, not
     # a pass over every instance of the cluster.
-    items: Sequence[Versioned[Instance]]
     if app is not None and namespace is not None:
         items = index.of_app(namespace, app)
     elif node is not None:

@@ -320,10 +320,10 @@ async def node_instances(name: str, query: Annotated[InstancesQuery, Query()], c
 async def instances_answer(ctx: ServerContext, caller: Identity, name: str,
                            query: InstancesQuery) -> bytes:
     """The node's live instances, once one changed after `index` (a long poll). With
-    `changes`, every live id and only the records changed after `index` other than by the
-    node's own status reports (the agent keeps the rest: `client/assignments.py`).
-    Encoded here rather than by FastAPI's generic encoder, which walks every field of every
-    instance again: the long poll is the answer sent most often."""
+    `changes`, only the records changed after `index` and every live id (the agent keeps
+    the rest: `client/assignments.py`). Encoded here rather than by FastAPI's generic
+    encoder, which walks every field of every instance again: the long poll is the answer
+    sent most often."""
     return (await _instances_answer(ctx, caller, name, query.index, query))[1]
 
 
@@ -364,9 +364,7 @@ async def _instances_answer(ctx: ServerContext, caller: Identity, name: str, ind
     if query.changes:
         answer["since"] = since
         answer["ids"] = [i.record.id for i in live]
-        # Not the records that changed only by this node's own status reports: its agent
-        # sent those changes (server/index.py, `Assigned`).
-        live = [i for i in live if i.told_revision > since]
+        live = [i for i in live if i.mod_revision > since]
     answer["instances"] = [to_data(i.record) for i in live]
     return answer["index"], orjson.dumps(answer)
 
