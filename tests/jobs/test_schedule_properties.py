@@ -163,3 +163,12 @@ def test_iso_interval_steps_match_the_calendar(data: st.DataObject, tz: str, k: 
         landed = a - exact
         assert datetime.datetime.fromtimestamp(landed - 1, zone).replace(tzinfo=None) < wall
         assert datetime.datetime.fromtimestamp(landed, zone).replace(tzinfo=None) > wall
+
+
+def test_a_time_a_hair_before_a_fire_gets_that_fire() -> None:
+    # Found by the property above: a timedelta rounds 1775865599.9999998 s up to the whole
+    # second, which is itself a fire time, so the next one was answered.
+    schedule = parse_schedule("0,15,30,45 * * * *", "UTC")
+    assert schedule.next_after(1775865599.9999998) == 1775865600.0
+    assert schedule.next_after(1775865600.0) == 1775866500.0
+    assert schedule.next_after(1775865600.4) == 1775866500.0

@@ -239,7 +239,10 @@ class CronSchedule:
 
     def next_after(self, t: float) -> float | None:
         try:
-            return self._next_after(t)
+            # Fires fall on whole minutes, so "after t" is "after t's whole second"; and the
+            # datetimes below keep microseconds, rounding 59.9999998 s up to 60 s, which
+            # would skip a fire at 60 s.
+            return self._next_after(math.floor(t))
         except (OverflowError, ValueError, OSError):  # past the calendar's end
             return None
 
