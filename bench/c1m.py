@@ -346,7 +346,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         hollow.send_signal(signal.SIGTERM)
         final = lines.wait(lambda latest: "final" in latest, 120)["final"]
         result["agents"] = {"requests": final["requests"], "polls": final["polls"],
-                            "records": final.get("records"), "errors": final["errors"],
+                            "records": final["records"], "errors": final["errors"],
                             "p50_ms": final["p50_ms"], "p99_ms": final["p99_ms"]}
         result["check_agents"] = final["verdict"]
         if args.server_check:
@@ -386,7 +386,7 @@ def show(result: dict[str, Any]) -> None:
          f"{result['end_to_end_per_second']:,} instances/s"),
         ("agent requests p50 / p99", f"{a['p50_ms']} / {a['p99_ms']} ms "
          f"({a['requests']:,} requests, {a['polls']:,} answers carrying "
-         f"{a['records'] or 0:,} records, {a['errors']} errors)"),
+         f"{a['records']:,} records, {a['errors']} errors)"),
         ("GET /healthz p50 / p99 (loop lag)", f"{result['healthz']['p50_ms']} / "
          f"{result['healthz']['p99_ms']} ms"),
         ("server RSS end / peak", f"{result['server']['rss_mib']:,} / "
