@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from corral.agent import cgroups
 from corral.agent.cgroups import (
     CPU_PERIOD_US,
     Cgroup,
@@ -148,6 +149,31 @@ async def test_remove_is_idempotent(real: CgroupRoot) -> None:
     group.create(Resources())
     await group.remove()
     await group.remove()
+    assert not group.exists()
+
+
+async def test_a_group_removed_between_open_and_read_reads_as_empty(
+        real: CgroupRoot, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel answers ENODEV, not ENOENT, to a read of a file whose group was removed
+    after the open (a process listing racing a destroy): that group is gone, not broken."""
+    group = real.group(PARENT, "racing")
+    group.create(Resources())
+    real_open = open
+
+    def open_then_remove(path: Path, *args: object, **kwargs: object) -> object:
+        f = real_open(path, *args, **kwargs)  # type: ignore[call-overload]
+        for d in group.dirs:
+            if d.exists():
+                os.rmdir(d)
+        return f
+
+    monkeypatch.setattr(cgroups, "open", open_then_remove, raising=False)
+    try:
+        assert group.pids() == []
+        assert not group.populated()
+    finally:
+        monkeypatch.undo()
+        await group.remove()
     assert not group.exists()
 
 

@@ -346,13 +346,16 @@ def _read(path: Path) -> str:
 
 
 def _read_or(path: Path, default: str) -> str:
-    """For groups that may be gone already (removed by a concurrent destroy)."""
+    """For groups that may be gone already (removed by a concurrent destroy). A group
+    removed between the open and the read answers ENODEV rather than ENOENT: gone too."""
     try:
         with open(path) as f:
             return f.read()
     except FileNotFoundError:
         return default
     except OSError as exc:
+        if exc.errno == errno.ENODEV:
+            return default
         raise CgroupError(f"cannot read {path}: {exc.strerror}") from exc
 
 
