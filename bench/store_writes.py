@@ -16,7 +16,13 @@ The floor, measured in the same run: the same kv and history rows written by pla
 events to the loop or group commit. The ratio says how much the store's own logic costs
 over SQLite's.
 
-`.venv/bin/python bench/store_writes.py --runs 3` (medians; `--json` for one object).
+`--busy-loop`: the event loop runs Python code the whole time the store writes (a task
+that spins 2 ms at a time, yielding in between), as the server's loop does at C1M: the
+store's worker thread then has to win the GIL back from a busy thread after every call
+that lets go of it.
+
+`.venv/bin/python bench/store_writes.py --runs 3 [--busy-loop]` (medians; `--json` for one
+object).
 """
 
 from __future__ import annotations
@@ -41,9 +47,25 @@ EVENT = b"e" * 330  # an instance event
 REPORT_SIZE = 10  # instances per status batch
 
 
-async def store_run(folder: Path, ids: list[str], batch: int) -> dict[str, float]:
+async def spin(stop: asyncio.Event) -> int:
+    """Keep the loop's thread running Python code until `stop`: 2 ms slices of
+    arithmetic, yielding to the loop between slices. Returns the slices run."""
+    slices = 0
+    while not stop.is_set():
+        until = time.perf_counter() + 0.002
+        while time.perf_counter() < until:
+            pass
+        slices += 1
+        await asyncio.sleep(0)
+    return slices
+
+
+async def store_run(folder: Path, ids: list[str], batch: int, busy: bool
+                    ) -> dict[str, float]:
     store = await SqliteStore.open(folder / "store.db")
     counter = 0
+    stop = asyncio.Event()
+    spinner = asyncio.create_task(spin(stop)) if busy else None
 
     def event() -> Put:
         nonlocal counter
@@ -77,6 +99,9 @@ async def store_run(folder: Path, ids: list[str], batch: int) -> dict[str, float
             assert all(r.succeeded for r in results)
         reported = time.perf_counter()
     finally:
+        stop.set()
+        if spinner is not None:
+            await spinner
         await store.close()
     return {"create": created - start, "place": placed - created,
             "report": reported - placed, "total": reported - start}
@@ -124,13 +149,16 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=5_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--busy-loop", action="store_true",
+                        help="keep the event loop busy with Python code while writing")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     runs: list[dict[str, float]] = []
     for _ in range(args.runs):
         ids = [secrets.token_hex(8) for _ in range(args.instances)]
         with tempfile.TemporaryDirectory(prefix="corral-store-bench-") as tmp:
-            figures = asyncio.run(store_run(Path(tmp), ids, args.batch))
+            figures = asyncio.run(store_run(Path(tmp), ids, args.batch,
+                                           args.busy_loop))
             figures["floor"] = floor_run(Path(tmp), ids, args.batch)
             figures["store_mib"] = sum(f.stat().st_size for f in Path(tmp).iterdir()
                                        if f.name.startswith("store.db")) / 2**20
@@ -138,7 +166,7 @@ def main() -> None:
     median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     puts = args.instances * 2 * 4  # instance and event, four times
     result = {
-        "instances": args.instances, "runs": args.runs,
+        "instances": args.instances, "runs": args.runs, "busy_loop": args.busy_loop,
         "seconds": {k: round(v, 2) for k, v in median.items() if k != "store_mib"},
         "store_mib": round(median["store_mib"]),
         "puts_per_second": round(puts / median["total"]),
@@ -150,7 +178,8 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     s = result["seconds"]
-    print(f"store writes, {args.instances:,} instances, median of {args.runs} "
+    busy = ", event loop busy" if args.busy_loop else ""
+    print(f"store writes, {args.instances:,} instances{busy}, median of {args.runs} "
           f"(pid {os.getpid()}):")
     print(f"  create {s['create']} s, place {s['place']} s, report {s['report']} s: "
           f"total {s['total']} s = {result['puts_per_second']:,} puts/s, "

@@ -9,6 +9,7 @@ failure and is no assertion about speed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
@@ -144,6 +145,41 @@ class StoreConformance:
         found, _ = await store.range("/e/", keys_only=True, limit=1)
         assert [k.key for k in found] == ["/e/1"]
         assert (await store.get("/e/1")) == kv("/e/1", b"again", create=2, mod=3, version=2)
+
+    async def test_large_transactions_and_keys_that_need_escaping(self, store: Store) -> None:
+        """More keys than one statement or query carries (the SQLite backend writes and
+        reads them in chunks of 500), some with quotes, backslashes, control characters
+        and characters outside the BMP (it reads revisions back as JSON)."""
+        odd = ["/m/\"q\"", "/m/back\\slash", "/m/tab\tnew\nline", "/m/\x01", "/m/\U0001f600",
+               "/m/\u00e9\u65e5"]
+        names = [f"/m/{i:05d}" for i in range(1234)] + odd
+        first = await store.txn([], [Put(key=k, value=k.encode()) for k in names])
+        assert first.succeeded and first.revision == 1
+        # every key guarded by its revision, each put twice in one transaction
+        again = await store.txn(
+            [Compare(key=k, target=MOD, op="==", value=1) for k in names],
+            [Put(key=k, value=b"2") for k in names] + [Put(key=k, value=b"3") for k in names])
+        assert again.succeeded and again.revision == 2
+        found, _ = await store.range("/m/")
+        assert [k.key for k in found] == sorted(names)
+        assert {(k.value, k.create_revision, k.mod_revision, k.version) for k in found} == {
+            (b"3", 1, 2, 3)}
+        heads, _ = await store.range("/m/", keys_only=True)
+        assert heads == [dataclasses.replace(k, value=b"") for k in found]
+        stale = await store.txn([Compare(key=odd[0], target=MOD, op="==", value=1)],
+                                [Put(key=odd[0], value=b"no")])
+        assert not stale.succeeded
+        gone = await store.txn([], [Delete(key=k) for k in names[:700] + odd])
+        assert gone.revision == 3
+        assert await store.count("/m/") == (len(names) - 700 - len(odd), 3)
+        assert await store.delete("/m/", prefix=True) == 4  # the new revision
+        assert await store.count("/m/") == (0, 4)
+        watch = store.watch("/m/", start_revision=3)
+        deleted = await take(watch, len(names))
+        await watch.aclose()
+        assert [e.kv.key for e in deleted] == names[:700] + odd + names[700:1234]
+        assert {(e.type.value, e.kv.mod_revision) for e in deleted} == {
+            ("delete", 3), ("delete", 4)}
 
     async def test_count_counts_the_keys_under_a_prefix(self, store: Store) -> None:
         assert await store.count("/e/") == (0, 0)

@@ -14,13 +14,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.bench
-def test_store_writes_bench_runs_and_reports_its_figures() -> None:
+@pytest.mark.parametrize("busy", [False, True], ids=["idle-loop", "busy-loop"])
+def test_store_writes_bench_runs_and_reports_its_figures(busy: bool) -> None:
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "store_writes.py"),
-                             "--instances", "400", "--batch", "100", "--runs", "1", "--json"],
+                             "--instances", "400", "--batch", "100", "--runs", "1", "--json",
+                             *(["--busy-loop"] if busy else [])],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     figures = json.loads(result.stdout)
-    assert figures["instances"] == 400
+    assert figures["instances"] == 400 and figures["busy_loop"] is busy
     assert set(figures["seconds"]) == {"create", "place", "report", "total", "floor"}
     assert figures["puts_per_second"] > 0 and figures["floor_puts_per_second"] > 0
     assert figures["ratio_to_floor"] > 0 and figures["store_mib"] >= 0

@@ -16,6 +16,15 @@ revision, compares and all-or-nothing outcome, but a burst of small writes (stat
 of a thousand agents) pays for one commit instead of a thousand, and the next group forms
 while this one runs.
 
+Few statements, many rows: Python's sqlite3 lets go of the GIL around every step of a
+statement, which is once per row inserted or fetched, and a thread that lets go of it
+while the event loop is busy waits up to the switch interval (5 ms) to get it back. A
+transaction of 20,000 placements written with `executemany` took 18 s on the worker
+while the loop was busy, against 0.15 s while it was idle. So rows are inserted 500 to a
+statement, and the revisions of many keys are read as one JSON array per 500 keys
+(`_Db._heads`): a few dozen steps per transaction instead of one per row
+(`bench/store_writes.py --busy-loop`).
+
 Durability: a write commits before its coroutine returns. With WAL and synchronous=NORMAL a
 commit survives the death of the process (kill -9) but not necessarily a power cut;
 synchronous=FULL also syncs every commit to disk and survives that too, at a cost per write.
@@ -50,9 +59,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import orjson
+
 from corral.store.base import (
     CompactedError,
     Compare,
+    CompareTarget,
     Delete,
     EventType,
     KeyValue,
@@ -75,6 +87,7 @@ _Entry = tuple[int, int, WatchEvent]
 
 _BATCH = 256  # history rows per read when a watcher replays from the table
 _IN_CHUNK = 500  # keys per "key IN (...)" query, well below SQLite's variable limit
+_ROWS = 500  # rows per INSERT statement (8 columns: 4,000 variables of the 32,766 allowed)
 _GROUP = 1000  # writes committed together at most (group commit)
 _LOCK_TIMEOUT = 1.0  # seconds
 _SCHEMA_VERSION = 2
@@ -113,7 +126,6 @@ CREATE TABLE leases (
 CREATE INDEX leases_expiry ON leases (expires_at);
 """
 _KV_COLUMNS = "key, value, create_revision, mod_revision, version, lease"
-_KEY_COLUMNS = "key, x'', create_revision, mod_revision, version, lease"  # keys_only
 _HISTORY_COLUMNS = "revision, seq, key, type, value, create_revision, version, lease"
 # Schema 1 kept each change's previous value in history as well (etcd's optional prev_kv):
 # nothing read it, and it doubled the bytes of every update. Opening a schema-1 file
@@ -178,6 +190,11 @@ class _Db:
             if mode != "wal":
                 raise StoreError(f"{path}: cannot use WAL journal mode (got {mode})")
             self._conn.execute(f"PRAGMA synchronous = {synchronous}")
+            try:
+                self._conn.execute("SELECT json_group_array(json_array(1, 'a'))").fetchone()
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"SQLite {sqlite3.sqlite_version} lacks its JSON functions "
+                                 "(3.38 or later has them built in)") from exc
             found = self._conn.execute("PRAGMA user_version").fetchone()[0]
             if found == 0:
                 self._conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} "
@@ -211,7 +228,8 @@ class _Db:
         return None if row is None else _kv(row)
 
     def get_many(self, names: Sequence[str]) -> dict[str, KeyValue]:
-        """The stored value of each of `names` that exists, with one query per 500."""
+        """The stored value of each of `names` that exists, with one query per 500 (a step
+        per row: for values, which `_heads` leaves out)."""
         found: dict[str, KeyValue] = {}
         for start in range(0, len(names), _IN_CHUNK):
             part = names[start:start + _IN_CHUNK]
@@ -221,12 +239,51 @@ class _Db:
                 found[row[0]] = _kv(row)
         return found
 
+    def _heads(self, names: Sequence[str]) -> dict[str, KeyValue]:
+        """Each of `names` that exists, its value left out (b""): revisions, version and
+        lease, read as one JSON array per 500 keys, so one step each (the module's
+        docstring says why steps count)."""
+        found: dict[str, KeyValue] = {}
+        for start in range(0, len(names), _IN_CHUNK):
+            part = names[start:start + _IN_CHUNK]
+            marks = ",".join("?" * len(part))
+            (packed,) = self._conn.execute(
+                "SELECT json_group_array(json_array(key, create_revision, mod_revision, "
+                f"version, lease)) FROM kv WHERE key IN ({marks})", part).fetchone()
+            for key, create, mod, version, lease in orjson.loads(packed):
+                found[key] = KeyValue(key=key, value=b"", create_revision=create,
+                                      mod_revision=mod, version=version, lease=lease)
+        return found
+
+    def _keys_where(self, where: str, args: tuple[Any, ...]) -> list[str]:
+        """The keys matching `where`, sorted, in one step (as `_heads`)."""
+        (packed,) = self._conn.execute(
+            f"SELECT json_group_array(key) FROM kv WHERE {where}", args).fetchone()
+        # SQLite's BINARY collation orders UTF-8 bytes, which is code point order: Python's
+        return sorted(orjson.loads(packed))
+
+    def _insert(self, head: str, width: int, rows: Sequence[tuple[Any, ...]]) -> None:
+        """`head` ("INSERT ... VALUES ") for each row, `_ROWS` rows to a statement."""
+        one = f"({','.join('?' * width)})"
+        for start in range(0, len(rows), _ROWS):
+            part = rows[start:start + _ROWS]
+            self._conn.execute(head + ",".join([one] * len(part)),
+                               [value for row in part for value in row])
+
     def range(self, prefix: str, limit: int,
               keys_only: bool = False) -> tuple[list[KeyValue], int]:
         where, args = _prefix_clause(prefix)
-        columns = _KEY_COLUMNS if keys_only else _KV_COLUMNS
+        if keys_only:  # no values: one step, as `_heads`
+            (packed,) = self._conn.execute(
+                "SELECT json_group_array(json_array(key, create_revision, mod_revision, "
+                f"version, lease)) FROM (SELECT * FROM kv WHERE {where} ORDER BY key "
+                "LIMIT ?)", (*args, limit or -1)).fetchone()
+            heads = sorted(orjson.loads(packed))  # by key: see `_keys_where`
+            return [KeyValue(key=key, value=b"", create_revision=create, mod_revision=mod,
+                             version=version, lease=lease)
+                    for key, create, mod, version, lease in heads], self.revision
         rows = self._conn.execute(
-            f"SELECT {columns} FROM kv WHERE {where} ORDER BY key LIMIT ?",
+            f"SELECT {_KV_COLUMNS} FROM kv WHERE {where} ORDER BY key LIMIT ?",
             (*args, limit or -1)).fetchall()
         return [_kv(row) for row in rows], self.revision
 
@@ -320,7 +377,9 @@ class _Db:
     def txn(self, compares: Sequence[Compare], success: Sequence[Op],
             failure: Sequence[Op]) -> tuple[tuple[bool, int], _Commit | None]:
         with self._writing() as entries:
-            found = self.get_many(list(dict.fromkeys(c.key for c in compares)))
+            names = list(dict.fromkeys(c.key for c in compares))
+            values = any(c.target is CompareTarget.VALUE for c in compares)
+            found = self.get_many(names) if values else self._heads(names)
             # every compare is evaluated (no short cut) so a malformed one always raises
             results = [compare_holds(c, found.get(c.key)) for c in compares]
             succeeded = all(results)
@@ -347,9 +406,9 @@ class _Db:
             self.revision = revision
 
     def _put_many(self, ops: Sequence[Put], revision: int, entries: list[_Entry]) -> None:
-        """A run of puts: their previous values read with one query per 500 keys and
-        written with one `executemany` per table, rather than three statements each (a
-        transaction of 20,000 placements spent most of its time in per-row calls)."""
+        """A run of puts: their previous revisions read and their rows written a few
+        hundred keys to a statement, rather than three statements each (a transaction of
+        20,000 placements spent most of its time in per-row calls)."""
         for op in ops:
             if not op.key:
                 raise ValueError("cannot put the empty key")
@@ -358,7 +417,7 @@ class _Db:
                                   (lease,)).fetchone() is None:
                 key = next(op.key for op in ops if op.lease == lease)
                 raise StoreError(f"put {key!r}: lease {lease} does not exist")
-        known = self.get_many(list(dict.fromkeys(op.key for op in ops)))
+        known = self._heads(list(dict.fromkeys(op.key for op in ops)))
         rows: dict[str, tuple[Any, ...]] = {}
         history: list[tuple[Any, ...]] = []
         for op in ops:
@@ -370,18 +429,16 @@ class _Db:
             rows[op.key] = (kv.key, kv.value, kv.create_revision, revision, kv.version,
                             kv.lease)
             history.append(self._history_row(entries, WatchEvent(type=EventType.PUT, kv=kv)))
-        self._conn.executemany(
-            f"INSERT OR REPLACE INTO kv ({_KV_COLUMNS}) VALUES (?,?,?,?,?,?)", rows.values())
-        self._conn.executemany(
-            f"INSERT INTO history ({_HISTORY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", history)
+        self._insert(f"INSERT OR REPLACE INTO kv ({_KV_COLUMNS}) VALUES ", 6,
+                     list(rows.values()))
+        self._insert(f"INSERT INTO history ({_HISTORY_COLUMNS}) VALUES ", 8, history)
 
     def _delete_where(self, where: str, args: tuple[Any, ...], revision: int,
                       entries: list[_Entry]) -> None:
-        rows = self._conn.execute(f"SELECT key FROM kv WHERE {where} ORDER BY key",
-                                  args).fetchall()
-        if rows:
+        names = self._keys_where(where, args)
+        if names:
             self._conn.execute(f"DELETE FROM kv WHERE {where}", args)
-            self._deleted([row[0] for row in rows], revision, entries)
+            self._deleted(names, revision, entries)
 
     def _delete_many(self, names: Sequence[str], revision: int,
                      entries: list[_Entry]) -> None:
@@ -392,8 +449,7 @@ class _Db:
         for start in range(0, len(unique), _IN_CHUNK):
             part = unique[start:start + _IN_CHUNK]
             where = f"key IN ({','.join('?' * len(part))})"
-            existing.update(row[0] for row in self._conn.execute(
-                f"SELECT key FROM kv WHERE {where}", part))
+            existing.update(self._keys_where(where, tuple(part)))
             self._conn.execute(f"DELETE FROM kv WHERE {where}", part)
         self._deleted([name for name in unique if name in existing], revision, entries)
 
@@ -401,8 +457,7 @@ class _Db:
         history = [self._history_row(entries, WatchEvent(type=EventType.DELETE, kv=KeyValue(
             key=name, value=b"", create_revision=0, mod_revision=revision, version=0)))
             for name in names]
-        self._conn.executemany(
-            f"INSERT INTO history ({_HISTORY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", history)
+        self._insert(f"INSERT INTO history ({_HISTORY_COLUMNS}) VALUES ", 8, history)
 
     @staticmethod
     def _history_row(entries: list[_Entry], event: WatchEvent) -> tuple[Any, ...]:
