@@ -26,3 +26,16 @@ def test_store_writes_bench_runs_and_reports_its_figures(busy: bool) -> None:
     assert set(figures["seconds"]) == {"create", "place", "report", "total", "floor"}
     assert figures["puts_per_second"] > 0 and figures["floor_puts_per_second"] > 0
     assert figures["ratio_to_floor"] > 0 and figures["store_mib"] >= 0
+
+
+@pytest.mark.bench
+def test_sqlite_gil_bench_runs_every_case() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "sqlite_gil.py"),
+                             "--rows", "600", "--runs", "1", "--switch-interval", "0.001",
+                             "--json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    figures = json.loads(result.stdout)
+    assert figures["rows"] == 600 and figures["switch_interval_s"] == pytest.approx(0.001)
+    assert set(figures["median_seconds"]) == {"executemany", "multi-row", "rows", "json"}
+    for case in figures["median_seconds"].values():
+        assert case["idle"] > 0 and case["busy"] > 0

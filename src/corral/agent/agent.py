@@ -30,7 +30,7 @@ from corral.agent.artifacts import ArtifactCache
 from corral.agent.catalog import CatalogWatcher
 from corral.agent.drivers.base import Driver, TaskHandle
 from corral.agent.metrics import UsageSample
-from corral.agent.reporter import StatusReporter
+from corral.agent.reporter import NodeReporter
 from corral.agent.retention import DEFAULT_LOG_RETENTION, expired_dirs
 from corral.agent.runner import InstanceDirs, Runner, StartObserver, job_service_spec
 from corral.client.assignments import merge_assignments
@@ -81,6 +81,7 @@ class Agent:
         self._clock = clock
         self.runners: dict[str, Runner] = {}
         self._finished: set[str] = set()
+        self._stop_reported: set[str] = set()  # no runner, asked to stop: reported stopped
         self._specs: dict[tuple[str, str, int], ApplicationSpec] = {}
         self._recovered: dict[str, TaskHandle] = {}
         self._orphans: set[asyncio.Task[None]] = set()
@@ -88,6 +89,7 @@ class Agent:
         # The latest `sample_usage`, by instance id: what `/metrics` shows (agent/metrics.py).
         self.latest_usage: dict[str, UsageSample] = {}
         self._observe_start = observe_start
+        self.reports = NodeReporter(client, config.name)  # every instance's status reports
         self._lease_id = 0
         self._ttl = 10.0
         self._heartbeat_interval = self._ttl / 3
@@ -237,8 +239,14 @@ class Agent:
             if inst.desired == DesiredState.STOP:
                 if runner is not None:
                     runner.request_stop()
-                elif inst.state not in (InstanceState.STOPPED, InstanceState.LOST):
-                    await self._report_once(inst, InstanceState.STOPPED, "stop requested")
+                elif (inst.state not in (InstanceState.STOPPED, InstanceState.LOST)
+                      and inst.id not in self._stop_reported):
+                    # Through the node's queue, after any report of it still queued; once:
+                    # the answers go on listing it until the report lands.
+                    self._stop_reported.add(inst.id)
+                    self.reports.report(inst.id, {"state": str(InstanceState.STOPPED),
+                                                  "reason": "stop requested",
+                                                  "restarts": inst.restarts})
                 continue
             if inst.kind == "job" and inst.state in (InstanceState.EXITED,
                                                      InstanceState.FAILED):
@@ -254,6 +262,7 @@ class Agent:
             # Left running by an earlier agent, no longer assigned here: stop it.
             self._orphans.add(asyncio.create_task(self._stop_orphan(self._recovered.pop(iid))))
         self._finished &= set(wanted)
+        self._stop_reported &= set(wanted)
 
     async def _stop_orphan(self, handle: TaskHandle) -> None:
         driver = self._handlers[handle.driver]
@@ -264,14 +273,8 @@ class Agent:
             self.dirs(handle.instance_id).handle.unlink(missing_ok=True)
             log.info("stopped unassigned instance %s", handle.instance_id)
 
-    async def _report_once(self, inst: Instance, state: InstanceState, reason: str) -> None:
-        with contextlib.suppress(ApiError, Unreachable):
-            await self._client.report_status(inst.id, {"node": self.config.name,
-                                                       "state": str(state), "reason": reason,
-                                                       "restarts": inst.restarts})
-
     async def _start_runner(self, inst: Instance) -> None:
-        reporter = StatusReporter(self._client, self.config.name, inst.id)
+        reporter = self.reports.instance(inst.id)
         try:
             spec = await self._spec_for(inst)
         except (Unreachable, ApiError) as exc:
@@ -348,6 +351,8 @@ class Agent:
             if tasks:
                 await asyncio.wait(tasks, timeout=60)
         await asyncio.gather(*(r.detach() for r in self.runners.values()))
+        await self.reports.flush(timeout=5.0)
+        await self.reports.close()
         await self.catalog.close()
 
     async def disconnect_loop(self, interval: float = 1.0) -> None:

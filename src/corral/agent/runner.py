@@ -244,7 +244,7 @@ class Runner:
             self._report(S.FAILED, f"agent error: {exc}")
         finally:
             await self._close_templates()
-        self._reporter.finish()
+        # what is still queued after this goes on being sent by the node's reporter
         await self._reporter.flush()
 
     def _config(self) -> TaskConfig:
