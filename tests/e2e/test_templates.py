@@ -25,6 +25,11 @@ from corral.testing.cluster import LocalCluster
 pytestmark = pytest.mark.e2e
 
 ON_CHANGE = {"hup": "signal:SIGHUP", "again": "restart", "quiet": "noop"}
+# The recorder for services sent SIGHUP: it starts with SIGHUP ignored until Python has
+# installed its handler. Its templates follow the api instances, which turn running as it
+# starts; a SIGHUP sent for that change before the handler is in place would kill it (as it
+# would any program that handles SIGHUP, under any orchestrator).
+RECORDER = """[sh, -c, "trap '' HUP; exec python3 recorder.py"]"""
 
 
 @pytest.fixture
@@ -39,7 +44,7 @@ def lb_spec(tmp_path: Path, api: int) -> Path:
     lbs = "".join(f"""
   {name}:
     artifact: ./templates
-    command: [python3, recorder.py]
+    command: {RECORDER}
     resources: {{cpu: 0.05, memory: 64MiB}}
     templates:
       - {{source: upstreams.conf.j2, destination: conf/upstreams.conf,
@@ -246,7 +251,7 @@ services:
     ports: [{{name: main}}]
   hup:
     artifact: ./templates
-    command: [python3, recorder.py]
+    command: {RECORDER}
     resources: {{cpu: 0.05, memory: 64MiB}}
     templates:
       - {{source: upstreams.conf.j2, destination: conf/upstreams.conf,
