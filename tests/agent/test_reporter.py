@@ -66,7 +66,7 @@ async def states(srv: ServerHarness) -> dict[str, tuple[str, int | None]]:
     return {i.record.id: (str(i.record.state), i.record.pid) for i in instances}
 
 
-def reporter_on(srv: ServerHarness, transport: CountingTransport) -> tuple[NodeReporter, Client]:
+def reporter_on(transport: CountingTransport) -> tuple[NodeReporter, Client]:
     client = Client(ClientConfig(addr="http://corral", token=TOKEN), transport=transport)
     return NodeReporter(client, NODE["name"]), client
 
@@ -75,7 +75,7 @@ async def test_reports_of_many_instances_go_in_one_request_in_order(
         srv: ServerHarness) -> None:
     ids = await placed(srv, 3)
     transport = CountingTransport(srv.app)
-    node, client = reporter_on(srv, transport)
+    node, client = reporter_on(transport)
     try:
         for n, iid in enumerate(ids):
             one = node.instance(iid)
@@ -98,7 +98,7 @@ async def test_a_refused_report_is_dropped_and_the_rest_apply(
         srv: ServerHarness, caplog: pytest.LogCaptureFixture) -> None:
     first, second = await placed(srv, 2)
     transport = CountingTransport(srv.app)
-    node, client = reporter_on(srv, transport)
+    node, client = reporter_on(transport)
     try:
         node.instance(first).report(state="running", pid=7)
         node.instance("no-such-instance").report(state="running", pid=8)
@@ -118,7 +118,7 @@ async def test_a_refused_report_is_dropped_and_the_rest_apply(
 async def test_an_unreachable_server_is_waited_out(srv: ServerHarness) -> None:
     (iid,) = await placed(srv, 1)
     transport = CountingTransport(srv.app, refuse=2)
-    node, client = reporter_on(srv, transport)
+    node, client = reporter_on(transport)
     try:
         node.instance(iid).report(state="running", pid=5)
         await node.flush(iid, timeout=30)
@@ -133,7 +133,7 @@ async def test_one_instance_flushes_and_drops_only_its_own_reports(
         srv: ServerHarness) -> None:
     kept, dropped = await placed(srv, 2)
     transport = CountingTransport(srv.app, refuse=1_000_000)  # nothing gets through yet
-    node, client = reporter_on(srv, transport)
+    node, client = reporter_on(transport)
     try:
         node.instance(kept).report(state="running", pid=1)
         node.instance(dropped).report(state="running", pid=2)

@@ -263,9 +263,11 @@ class _Db:
         # Python's sort does: the same order as the "ORDER BY key" this replaces
         return sorted(orjson.loads(packed))
 
-    def _insert(self, head: str, width: int, rows: Sequence[tuple[Any, ...]]) -> None:
+    def _insert(self, head: str, rows: Sequence[tuple[Any, ...]]) -> None:
         """`head` ("INSERT ... VALUES ") for each row, `_ROWS` rows to a statement."""
-        one = f"({','.join('?' * width)})"
+        if not rows:
+            return
+        one = f"({','.join('?' * len(rows[0]))})"
         for start in range(0, len(rows), _ROWS):
             part = rows[start:start + _ROWS]
             self._conn.execute(head + ",".join([one] * len(part)),
@@ -430,9 +432,8 @@ class _Db:
             rows[op.key] = (kv.key, kv.value, kv.create_revision, revision, kv.version,
                             kv.lease)
             history.append(self._history_row(entries, WatchEvent(type=EventType.PUT, kv=kv)))
-        self._insert(f"INSERT OR REPLACE INTO kv ({_KV_COLUMNS}) VALUES ", 6,
-                     list(rows.values()))
-        self._insert(f"INSERT INTO history ({_HISTORY_COLUMNS}) VALUES ", 8, history)
+        self._insert(f"INSERT OR REPLACE INTO kv ({_KV_COLUMNS}) VALUES ", list(rows.values()))
+        self._insert(f"INSERT INTO history ({_HISTORY_COLUMNS}) VALUES ", history)
 
     def _delete_where(self, where: str, args: tuple[Any, ...], revision: int,
                       entries: list[_Entry]) -> None:
@@ -458,7 +459,7 @@ class _Db:
         history = [self._history_row(entries, WatchEvent(type=EventType.DELETE, kv=KeyValue(
             key=name, value=b"", create_revision=0, mod_revision=revision, version=0)))
             for name in names]
-        self._insert(f"INSERT INTO history ({_HISTORY_COLUMNS}) VALUES ", 8, history)
+        self._insert(f"INSERT INTO history ({_HISTORY_COLUMNS}) VALUES ", history)
 
     @staticmethod
     def _history_row(entries: list[_Entry], event: WatchEvent) -> tuple[Any, ...]:
