@@ -54,6 +54,14 @@ def live(cluster: LocalCluster) -> list[dict[str, Any]]:
     return [i for i in cluster.corral_json("ps", "roll") if i["desired"] == "run"]
 
 
+def brief(cluster: LocalCluster) -> str:
+    """One line per instance, stopped ones too: what a long failure message keeps readable
+    (a CI log shows its head and tail only)."""
+    return "".join(f"{i['id']} v{i['version']} g{i['generation']} {i['desired']} "
+                   f"{i['state']} {i['updated_at']:.1f} {i['reason']}\n"
+                   for i in cluster.corral_json("ps", "roll", "-a"))
+
+
 class Watcher(threading.Thread):
     """Samples the process table and asks every live instance for its version, until
     stopped: what a load balancer over the healthy instances would have seen."""
@@ -157,8 +165,8 @@ def test_rolling_update_then_a_bad_release_reverts(cluster: LocalCluster, tmp_pa
     assert {i["version"] for i in after} == {4} and {i["generation"] for i in after} == {1}
 
     scaled = cluster.corral("scale", "roll/web", "4", "--timeout", "60s")
-    assert scaled.returncode == 0, scaled.stdout + scaled.stderr + "\n" + cluster.corral(
-        "ps", "roll", "--json").stdout + cluster.logs()
+    assert scaled.returncode == 0, scaled.stdout + scaled.stderr + "\n" + brief(
+        cluster) + cluster.logs()
     assert "roll/web: 3 -> 4 instances (version 5)" in scaled.stdout, scaled.stdout
     bigger = live(cluster)
     assert len(bigger) == 4 and {i["id"] for i in after} < {i["id"] for i in bigger}
