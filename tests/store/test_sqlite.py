@@ -5,18 +5,23 @@ file can do: survive close, reopen and kill -9. Also `open_store`'s URL handling
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 import sqlite3
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from corral.store import (
     Compare,
+    CompareTarget,
+    Delete,
     MemoryStore,
+    Op,
     Put,
     SqliteStore,
     Store,
@@ -114,6 +119,82 @@ async def test_writes_queued_together_commit_together_but_each_on_its_own(
         assert len((await store.range("/k/"))[0]) == 58
     finally:
         await store.close()
+
+
+def random_txn(rng: random.Random, revision: int) -> tuple[list[Compare], list[Op], list[Op]]:
+    """A transaction over a few keys: compares that hold or not, puts (with a lease that
+    exists, or one that does not), deletes of keys there or not, now and then an empty
+    key, a prefix delete or a malformed compare."""
+    def key() -> str:
+        return "" if rng.random() < 0.01 else f"/k/{rng.randrange(8)}"
+
+    def op() -> Op:
+        roll = rng.random()
+        if roll < 0.55:
+            lease = rng.choice([0, 0, 0, 7, 8])  # 7 exists, 8 does not
+            return Put(key=key(), value=b"v%d" % rng.randrange(3), lease=lease)
+        if roll < 0.95:
+            return Delete(key=key())
+        return Delete(key=rng.choice(["/k/", "/k/1"]), prefix=True)
+
+    def compare() -> Compare:
+        target = rng.choice(list(CompareTarget))
+        if target is CompareTarget.VALUE:
+            value: int | bytes = b"v%d" % rng.randrange(3) if rng.random() < 0.98 else 1
+        else:
+            value = rng.randrange(max(revision, 1) + 1)
+        return Compare(key=f"/k/{rng.randrange(8)}", target=target,
+                       op=rng.choice(["==", "!=", "<", ">"]), value=value)
+
+    return ([compare() for _ in range(rng.randrange(3))],
+            [op() for _ in range(rng.randrange(1, 5))],
+            [op() for _ in range(rng.randrange(3))])
+
+
+async def run_workload(store: Store, seed: int) -> tuple[list[Any], list[Any], list[Any]]:
+    """Waves of concurrent transactions (the SQLite backend commits each wave in a few
+    groups); what each answered, what the store holds after, and every event."""
+    rng = random.Random(seed)
+    await store.lease_grant(7, 1000.0, now=0.0)
+    watch = store.watch("/", start_revision=1)
+    answers: list[Any] = []
+    for _ in range(4):
+        txns = [random_txn(rng, await store.revision()) for _ in range(150)]
+        results = await asyncio.gather(*(store.txn(*t) for t in txns),
+                                       return_exceptions=True)
+        answers += [r if isinstance(r, TxnResult) else (type(r).__name__, str(r))
+                    for r in results]
+    held, _ = await store.range("/")
+    await store.put("/~end", b"")
+    events = []
+    while (event := await next_event(watch)).kv.key != "/~end":
+        events.append((event.type, event.kv))
+    await watch.aclose()
+    return answers, list(held), list(events)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_grouped_transactions_do_what_the_memory_store_does_one_by_one(
+        tmp_path: Path, seed: int) -> None:
+    # The SQLite backend runs a group's plain transactions from memory and writes them at
+    # the end (`_Db._run_staged`); the memory store applies each at once. The same random
+    # waves of transactions, sent concurrently, must answer, store and announce the same.
+    memory = MemoryStore()
+    sqlite = await SqliteStore.open(tmp_path / "state.db")
+    try:
+        expected = await run_workload(memory, seed)
+        got = await run_workload(sqlite, seed)
+    finally:
+        await sqlite.close()
+        await memory.close()
+    assert got[0] == expected[0]
+    assert got[1] == expected[1]
+    assert got[2] == expected[2]
+    outcomes = Counter(type(a).__name__ if isinstance(a, TxnResult) else a[0]
+                       for a in expected[0])
+    # the workload exercised what it means to: successes, refusals and errors
+    assert outcomes["TxnResult"] > 300 and outcomes["ValueError"] + outcomes["StoreError"] > 10
+    assert any(isinstance(a, TxnResult) and not a.succeeded for a in expected[0])
 
 
 async def test_revision_never_goes_back_after_everything_is_deleted(tmp_path: Path) -> None:

@@ -11,10 +11,15 @@ that runs on that thread; `SqliteStore` is the loop side: it mirrors the revisio
 bounded tail of recent events and wakes watchers.
 
 Group commit: writes that queue while the worker is busy are committed together, in one
-SQLite transaction with a savepoint per write (`_Db.run_group`): each keeps its own
-revision, compares and all-or-nothing outcome, but a burst of small writes (status reports
-of a thousand agents) pays for one commit instead of a thousand, and the next group forms
-while this one runs.
+SQLite transaction (`_Db.run_group`): each keeps its own revision, compares and
+all-or-nothing outcome, but a burst of small writes (status reports of a thousand agents)
+pays for one commit instead of a thousand, and the next group forms while this one runs.
+A run of plain transactions (puts and single-key deletes: nearly every write) is run from
+memory (`_Db._run_staged`): every key the run names is read in one statement per 500, each
+transaction is checked and applied to that picture in order, and what they wrote is stored
+in a few statements at the end, so a thousand status reports cost a handful of statements,
+not six each (a savepoint, two reads, two inserts, a release). Any other write (a prefix
+delete, a lease, a compaction) runs on its own in a savepoint.
 
 Few statements, many rows: Python's sqlite3 lets go of the GIL around every step of a
 statement, which is once per row inserted or fetched, and a thread that lets go of it
@@ -169,6 +174,28 @@ def _kind(op: Op) -> str:
     return "put" if isinstance(op, Put) else "prefix" if op.prefix else "delete"
 
 
+_TxnArgs = tuple[Sequence[Compare], Sequence[Op], Sequence[Op]]
+
+
+def _txn_args(job: Callable[[], Any]) -> _TxnArgs:
+    assert isinstance(job, partial)
+    compares, success, failure = job.args
+    return compares, success, failure
+
+
+def _check_ops(ops: Sequence[Op], leases: set[int]) -> None:
+    """Refuse `ops` as the memory store does, op by op, before anything changes: an empty
+    key, a put under a lease not in `leases` (the ids that exist)."""
+    for op in ops:
+        if isinstance(op, Put):
+            if not op.key:
+                raise ValueError("cannot put the empty key")
+            if op.lease and op.lease not in leases:
+                raise StoreError(f"put {op.key!r}: lease {op.lease} does not exist")
+        elif not op.key and not op.prefix:
+            raise ValueError("cannot delete the empty key")
+
+
 def _record_position(entries: list[_Entry], revision: int) -> Position:
     last = entries[-1] if entries else None
     return revision, last[1] + 1 if last and last[0] == revision else 0
@@ -315,21 +342,26 @@ class _Db:
 
     def run_group(self, jobs: Sequence[Callable[[], tuple[Any, _Commit | None]]]
                   ) -> list[tuple[bool, Any, _Commit | None]]:
-        """Group commit: run write jobs in one SQLite transaction, each in a savepoint of its
-        own, so a job that fails leaves no trace and the others still commit. Returns per
-        job (ok, result or exception, commit). If the transaction itself cannot commit,
-        raises, and nothing of any job stays."""
+        """Group commit: run write jobs in one SQLite transaction, runs of plain
+        transactions from memory (`_run_staged`), any other job in a savepoint of its own,
+        so a job that fails leaves no trace and the others still commit. Returns per job
+        (ok, result or exception, commit). If the transaction itself cannot commit, raises,
+        and nothing of any job stays."""
         start, start_compact = self.revision, self.compact_revision
         outcomes: list[tuple[bool, Any, _Commit | None]] = []
         self._conn.execute("BEGIN IMMEDIATE")
         self._grouped = True
         try:
-            for job in jobs:
-                try:
-                    result, commit = job()
-                    outcomes.append((True, result, commit))
-                except Exception as exc:
-                    outcomes.append((False, exc, None))
+            for staged, run in itertools.groupby(jobs, key=self._stageable):
+                if staged:
+                    outcomes += self._run_staged([_txn_args(job) for job in run])
+                    continue
+                for job in run:
+                    try:
+                        result, commit = job()
+                        outcomes.append((True, result, commit))
+                    except Exception as exc:
+                        outcomes.append((False, exc, None))
             if self.revision != start:
                 self._conn.execute("UPDATE meta SET revision = ?", (self.revision,))
             self._conn.execute("COMMIT")
@@ -340,6 +372,76 @@ class _Db:
             raise
         finally:
             self._grouped = False
+        return outcomes
+
+    def _stageable(self, job: Callable[[], Any]) -> bool:
+        """A transaction of puts and single-key deletes: `_run_staged` can run it."""
+        args = _txn_args(job) if isinstance(job, partial) and job.func == self.txn else None
+        return args is not None and not any(
+            isinstance(op, Delete) and op.prefix for op in (*args[1], *args[2]))
+
+    def _run_staged(self, jobs: Sequence[_TxnArgs]) -> list[tuple[bool, Any, _Commit | None]]:
+        """A run of transactions of a group, in a few statements for all of them rather than
+        five or six each: every key they name read once up front, each transaction then
+        checked and applied in memory, in order, and what they wrote stored at the end
+        (what a key holds last; every event). Each keeps its own revision, compares and
+        all-or-nothing outcome, as `txn` gives it: one that would fail (an empty key, a
+        missing lease, a malformed compare) is refused before it changes anything, so it
+        needs no savepoint."""
+        every = [op for compares, success, failure in jobs
+                 for op in (*compares, *success, *failure)]
+        names = list(dict.fromkeys(op.key for op in every))
+        state: dict[str, KeyValue | None] = dict.fromkeys(names)
+        state.update(self._heads(names))
+        valued = [c.key for c in every if isinstance(c, Compare)
+                  and c.target is CompareTarget.VALUE]
+        if valued:  # the values themselves only where a compare reads them
+            state.update(self.get_many(list(dict.fromkeys(valued))))
+        leases = self._leases_of([op for op in every if isinstance(op, Put)])
+        outcomes: list[tuple[bool, Any, _Commit | None]] = []
+        history: list[tuple[Any, ...]] = []
+        written: dict[str, None] = {}  # keys put or deleted, in order
+        for compares, success, failure in jobs:
+            try:
+                # every compare is evaluated (no short cut), as in `txn`
+                succeeded = all([compare_holds(c, state[c.key]) for c in compares])
+                ops = success if succeeded else failure
+                _check_ops(ops, leases)
+            except Exception as exc:
+                outcomes.append((False, exc, None))
+                continue
+            entries: list[_Entry] = []
+            revision = self.revision + 1
+            for op in ops:
+                prev = state[op.key]
+                if isinstance(op, Put):
+                    kv = state[op.key] = KeyValue(
+                        key=op.key, value=op.value, mod_revision=revision, lease=op.lease,
+                        create_revision=prev.create_revision if prev else revision,
+                        version=prev.version + 1 if prev else 1)
+                    history.append(self._history_row(entries, WatchEvent(type=EventType.PUT,
+                                                                         kv=kv)))
+                elif prev is not None:  # deleting what is not there changes nothing
+                    state[op.key] = None
+                    history.append(self._history_row(entries, WatchEvent(
+                        type=EventType.DELETE, kv=KeyValue(
+                            key=op.key, value=b"", create_revision=0, mod_revision=revision,
+                            version=0))))
+                else:
+                    continue
+                written[op.key] = None
+            if entries:
+                self.revision = revision
+            outcomes.append((True, (succeeded, self.revision), self._commit(entries)))
+        gone = [key for key in written if state[key] is None]
+        for start in range(0, len(gone), _IN_CHUNK):
+            part = gone[start:start + _IN_CHUNK]
+            self._conn.execute(f"DELETE FROM kv WHERE key IN ({','.join('?' * len(part))})",
+                               part)
+        self._insert(f"INSERT OR REPLACE INTO kv ({_KV_COLUMNS}) VALUES ", [
+            (last.key, last.value, last.create_revision, last.mod_revision, last.version,
+             last.lease) for key in written if (last := state[key]) is not None])
+        self._insert(f"INSERT INTO history ({_HISTORY_COLUMNS}) VALUES ", history)
         return outcomes
 
     @contextmanager
@@ -392,34 +494,32 @@ class _Db:
     def _apply(self, ops: Sequence[Op], entries: list[_Entry]) -> None:
         """Ops in order, each run of puts and each run of single-key deletes in a few
         statements."""
+        _check_ops(ops, self._leases_of(ops))
         revision = self.revision + 1
         before = len(entries)
         for kind, run in itertools.groupby(ops, key=_kind):
             if kind == "put":
                 self._put_many([op for op in run if isinstance(op, Put)], revision, entries)
             elif kind == "delete":
-                names = [op.key for op in run]
-                if "" in names:
-                    raise ValueError("cannot delete the empty key")
-                self._delete_many(names, revision, entries)
+                self._delete_many([op.key for op in run], revision, entries)
             else:
                 for op in run:
                     self._delete_where(*_prefix_clause(op.key), revision, entries)
         if len(entries) > before:
             self.revision = revision
 
+    def _leases_of(self, ops: Sequence[Op]) -> set[int]:
+        """Which of the leases `ops` put keys under exist."""
+        wanted = list(dict.fromkeys(op.lease for op in ops if isinstance(op, Put) and op.lease))
+        if not wanted:
+            return set()
+        return {row[0] for row in self._conn.execute(
+            f"SELECT id FROM leases WHERE id IN ({','.join('?' * len(wanted))})", wanted)}
+
     def _put_many(self, ops: Sequence[Put], revision: int, entries: list[_Entry]) -> None:
         """A run of puts: their previous revisions read and their rows written a few
         hundred keys to a statement, rather than three statements each (a transaction of
         20,000 placements spent most of its time in per-row calls)."""
-        for op in ops:
-            if not op.key:
-                raise ValueError("cannot put the empty key")
-        for lease in dict.fromkeys(op.lease for op in ops if op.lease):
-            if self._conn.execute("SELECT 1 FROM leases WHERE id = ?",
-                                  (lease,)).fetchone() is None:
-                key = next(op.key for op in ops if op.lease == lease)
-                raise StoreError(f"put {key!r}: lease {lease} does not exist")
         known = self._heads(list(dict.fromkeys(op.key for op in ops)))
         rows: dict[str, tuple[Any, ...]] = {}
         history: list[tuple[Any, ...]] = []
