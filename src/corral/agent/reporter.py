@@ -102,8 +102,7 @@ class NodeReporter:
                         self._sent.notify_all()
 
     async def _deliver(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
-        reports = [{"id": iid, **{k: v for k, v in status.items() if k != "node"}}
-                   for iid, status in batch]
+        reports = [{"id": iid, **status} for iid, status in batch]
         delay = 0.2
         while True:
             try:

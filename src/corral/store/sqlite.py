@@ -376,9 +376,10 @@ class _Db:
 
     def _stageable(self, job: Callable[[], Any]) -> bool:
         """A transaction of puts and single-key deletes: `_run_staged` can run it."""
-        args = _txn_args(job) if isinstance(job, partial) and job.func == self.txn else None
-        return args is not None and not any(
-            isinstance(op, Delete) and op.prefix for op in (*args[1], *args[2]))
+        if not (isinstance(job, partial) and job.func == self.txn):
+            return False
+        _, success, failure = _txn_args(job)
+        return not any(isinstance(op, Delete) and op.prefix for op in (*success, *failure))
 
     def _run_staged(self, jobs: Sequence[_TxnArgs]) -> list[tuple[bool, Any, _Commit | None]]:
         """A run of transactions of a group, in a few statements for all of them rather than
