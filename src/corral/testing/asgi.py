@@ -13,7 +13,6 @@ request if nothing was sent yet, else from reading the body.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import unquote
@@ -89,10 +88,11 @@ class _Exchange:
 
     async def close(self, task: asyncio.Task[None]) -> None:
         """The client went away: the app hears it; one still running after a moment is
-        cancelled."""
+        cancelled. `asyncio.wait`, not `wait_for`: in Python 3.11 `wait_for` returns the
+        result instead of raising when the caller is cancelled in the turn the app ends,
+        and the caller then runs on as if never cancelled."""
         self.gone.set()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(task), 1.0)
+        await asyncio.wait({task}, timeout=1.0)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
